@@ -1,0 +1,401 @@
+"""The audit, end to end: prefills -> completions -> reference scores -> ranking.
+
+Follow one row through ``run_audit``: a :class:`Prefill` is framed into a
+:class:`GenerationRequest` (``build_requests``), the provider turns it into a
+:class:`Completion` appended to completions.jsonl (``generate``), alignment and the reference
+turn that into a :class:`Score` appended to scores.<ref>.jsonl (``score_run``), and
+``rank_run`` writes ranked.jsonl/.csv. Each stage reads the run directory, so each can be rerun
+alone: ``score_run`` with another reference never pays for generation again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .align import AlignmentError, TokenizerView, align
+from .errors import AuditError, ConfigError, DegradedShareExceeded, EndpointError
+from .framing import FRAMINGS, ChatTemplate, chat_messages, render_prompt
+from .prefills import documents, make_cutter, select_prefills
+from .progress import Progress
+from .quality import REASONS, count_reasons
+from .rank import COLUMNS, RankConfig, rank
+from .records import Completion, GenerationRequest, Prefill
+from .redact import Redactor
+from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
+from .rundir import RunDir
+from .scores import score_row
+from .transport import MODES, FixtureStore, TransportStats, build_client
+
+# Settings that decide which requests a run sends: a resumed run must match them.
+GENERATION_KEYS = ("model", "framings", "chat_mode", "prefills", "corpora", "per_corpus",
+                   "prefill_tokens", "prefill_tokenizer", "seed", "max_tokens", "top_logprobs")
+
+
+@dataclass
+class AuditConfig:
+    out: str
+    base_url: str | None = None
+    model: str = ""
+    api_key_env: str | None = None
+    flavour: str = "auto"
+    framings: list[str] = field(default_factory=lambda: list(FRAMINGS))
+    chat_mode: str = "template"          # template: render client-side; prefill: server-side
+    chat_template: str | None = None     # Jinja file; default: the reference tokenizer's
+    prefills: str = "builtin"
+    corpora: list[str] | None = None
+    per_corpus: int | None = 1000
+    prefill_tokens: int = 3
+    prefill_tokenizer: str = "reference"
+    seed: int = 0
+    max_tokens: int = 100
+    top_logprobs: int = 5
+    concurrency: int = 8
+    timeout: float = 120.0
+    record_mode: str = "auto"
+    fixtures: str | None = None          # default: <out>/exchanges.jsonl
+    reference: str | None = None
+    device: str | None = None
+    alignment: str = "auto"
+    rank_key: str = "ppl_diff"
+    min_tokens: int = 5
+    max_degraded_share: float = 0.25
+    quiet: bool = False
+
+    def validate(self) -> None:
+        bad = [f for f in self.framings if f not in FRAMINGS]
+        if bad or not self.framings:
+            raise ConfigError(f"Unknown framing {', '.join(bad) or '(none)'}; choose from "
+                              f"{', '.join(FRAMINGS)}.")
+        if self.record_mode not in MODES:
+            raise ConfigError(f"--record-mode must be one of {', '.join(MODES)}.")
+        if self.chat_mode not in ("template", "prefill"):
+            raise ConfigError("--chat-mode must be template or prefill.")
+        if self.alignment not in ("auto", "ids", "text"):
+            raise ConfigError("--alignment must be auto, ids or text.")
+        if not self.base_url and self.record_mode != "replay":
+            raise ConfigError("--base-url is required (the target's OpenAI-compatible endpoint, "
+                              "e.g. http://127.0.0.1:8080/v1), unless you --replay fixtures.")
+        if not self.model:
+            raise ConfigError("--model is required: the target model's name at the endpoint.")
+        for name, value, lo in (("--max-tokens", self.max_tokens, 1),
+                                ("--top-logprobs", self.top_logprobs, 1),
+                                ("--concurrency", self.concurrency, 1)):
+            if value < lo:
+                raise ConfigError(f"{name} must be at least {lo}.")
+        if not 0.0 <= self.max_degraded_share <= 1.0:
+            raise ConfigError("--max-degraded-share must be between 0 and 1.")
+        RankConfig(self.rank_key, self.min_tokens)
+
+    def generation_settings(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: d[k] for k in GENERATION_KEYS}
+
+    @property
+    def fixtures_path(self) -> Path:
+        return Path(self.fixtures) if self.fixtures else Path(self.out) / "exchanges.jsonl"
+
+
+@dataclass
+class AuditResult:
+    run: RunDir
+    manifest: dict[str, Any]
+    ranked: list[dict[str, Any]]
+
+
+def log(cfg: AuditConfig, msg: str) -> None:
+    if not cfg.quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def versions() -> dict[str, str]:
+    import httpx
+    import torch
+    import transformers
+
+    return {"blackbox_audit": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "httpx": httpx.__version__}
+
+
+# -- stage 1: prefills and requests --------------------------------------------------------
+def build_requests(cfg: AuditConfig, tokenizer, template: ChatTemplate | None
+                   ) -> tuple[list[Prefill], list[GenerationRequest]]:
+    if cfg.prefill_tokenizer == "reference":
+        cut = make_cutter(lambda s: tokenizer(s, add_special_tokens=False).input_ids,
+                          tokenizer.decode)
+    else:
+        other = load_tokenizer(ReferenceSpec.parse(cfg.prefill_tokenizer))
+        cut = make_cutter(lambda s: other(s, add_special_tokens=False).input_ids, other.decode)
+    prefills = select_prefills(documents(cfg.prefills), cut, cfg.prefill_tokens,
+                               cfg.per_corpus, cfg.seed, cfg.corpora)
+    requests = []
+    for p in prefills:
+        for framing in cfg.framings:
+            if framing == "chat" and cfg.chat_mode == "prefill":
+                requests.append(GenerationRequest(p, framing, cfg.max_tokens, cfg.top_logprobs,
+                                                  messages=chat_messages(p.text)))
+            else:
+                requests.append(GenerationRequest(
+                    p, framing, cfg.max_tokens, cfg.top_logprobs,
+                    prompt=render_prompt(framing, p.text, template)))
+    return prefills, requests
+
+
+# -- stage 2: generation -------------------------------------------------------------------
+async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
+                   redactor: Redactor, stats: TransportStats) -> dict[str, Any]:
+    """Send every request in ``todo``; append each answer (or failure) as it arrives."""
+    from providers.base import RequestFailed
+    from providers.openai_compatible import OpenAICompatibleProvider, discover
+
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    if cfg.api_key_env and not key:
+        raise ConfigError(f"The environment variable {cfg.api_key_env} (named by --api-key-env) "
+                          "is empty or not set; export the API key there.")
+    redactor.add(key)
+    store = None
+    if cfg.record_mode != "off":
+        store = FixtureStore(cfg.fixtures_path, redactor,
+                             writable=cfg.record_mode in ("record", "auto"))
+        if cfg.record_mode == "replay" and not cfg.fixtures_path.exists():
+            raise ConfigError(f"--replay needs recorded fixtures, and {cfg.fixtures_path} does "
+                              "not exist. Pass --fixtures PATH.")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    base_url = cfg.base_url or "http://replay.invalid/v1"
+    info: dict[str, Any] = {}
+    async with build_client(base_url, mode=cfg.record_mode, store=store, headers=headers,
+                            timeout=cfg.timeout, stats=stats,
+                            max_connections=max(cfg.concurrency, 8)) as client:
+        flavour, models = await discover(client, cfg.model)
+        if cfg.flavour != "auto":
+            flavour = cfg.flavour
+        provider = OpenAICompatibleProvider(client, cfg.model, flavour, cfg.chat_mode)
+        info.update(flavour=flavour, listed_models=models[:20],
+                    capabilities=provider.capabilities.to_json())
+        if cfg.chat_mode == "prefill" and "chat" in cfg.framings \
+                and not provider.capabilities.assistant_prefill:
+            raise EndpointError(
+                f"--chat-mode prefill needs a server that continues a trailing assistant "
+                f"message, and a {flavour} server is not known to (llama-cpp-python's starts a "
+                "new turn instead). Use --chat-mode template, which renders the chat template "
+                "client-side and uses /completions.")
+        if todo:
+            await probe_logprobs(provider, todo[0])
+        progress = Progress("generation", len(todo), quiet=cfg.quiet)
+        queue: asyncio.Queue[GenerationRequest] = asyncio.Queue()
+        for r in todo:
+            queue.put_nowait(r)
+        failed = 0
+
+        async def worker() -> None:
+            nonlocal failed
+            while True:
+                try:
+                    req = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                try:
+                    c = await provider.generate(req)
+                except RequestFailed as e:
+                    c = Completion.failed(req, str(e))
+                    failed += 1
+                run.append_completion(c)
+                progress.update(advance=1, failed=failed, retries=stats.retried)
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(cfg.concurrency,
+                                                                    max(len(todo), 1)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+        progress.finish(failed=failed, retries=stats.retried)
+    return info
+
+
+async def probe_logprobs(provider, sample: GenerationRequest) -> None:
+    """One cheap call (2 tokens of the first real prompt) to see that logprobs come back,
+    before the run spends anything more."""
+    from providers.base import RequestFailed
+
+    probe = GenerationRequest(sample.prefill, sample.framing, 2, sample.top_logprobs,
+                              prompt=sample.prompt, messages=sample.messages)
+    try:
+        c = await provider.generate(probe)
+    except RequestFailed as e:
+        raise EndpointError(f"The first request to {provider.client.base_url} failed ({e}). "
+                            "Nothing else was sent.") from e
+    if "no_logprobs" in c.degraded or not c.logprobs:
+        raise EndpointError(
+            f"The endpoint {provider.client.base_url} returned no token log-probabilities for "
+            f"model {provider.model!r}. Perplexity differencing needs the log-probability of "
+            "every generated token; use an endpoint that returns them (logprobs on "
+            "/v1/completions or /v1/chat/completions).")
+
+
+# -- stage 3: reference scoring ------------------------------------------------------------
+def score_run(run: RunDir, completions: dict[str, Completion], reference: ReferenceModel,
+              view: TokenizerView, alignment: str = "auto", quiet: bool = False
+              ) -> dict[str, Any]:
+    """Score every usable completion not yet scored by this reference; append as we go."""
+    have = run.load_scores(reference.name)
+    todo = [c for k, c in completions.items() if c.usable and k not in have]
+    items, rows, misaligned = [], [], {}
+    for c in todo:
+        try:
+            items.append(align(view, c, alignment))
+            rows.append(c)
+        except AlignmentError as e:
+            misaligned[c.row_key] = str(e)
+    progress = Progress("rescoring", sum(len(i.ids) for i in items), unit="tokens",
+                        quiet=quiet)
+    chunk = 64
+    t0 = time.monotonic()
+    for lo in range(0, len(items), chunk):
+        part = items[lo: lo + chunk]
+        base = progress.done
+        ref_lps = reference.score([i.ids for i in part], [i.start for i in part],
+                                  progress=lambda d, _t, b=base: progress.update(done=b + d))
+        for c, item, lps in zip(rows[lo: lo + chunk], part, ref_lps, strict=True):
+            run.append_score(reference.name, score_row(c, item, lps))
+    progress.finish()
+    paths: dict[str, int] = {}
+    for i in items:
+        paths[i.alignment] = paths.get(i.alignment, 0) + 1
+    return {"reference": reference.name, "scored_now": len(items), "scored_before": len(have),
+            "misaligned": len(misaligned),
+            "misaligned_examples": dict(list(misaligned.items())[:5]),
+            "alignment_paths": paths,
+            "seconds": round(time.monotonic() - t0, 2)}
+
+
+# -- stage 4: ranking ----------------------------------------------------------------------
+def rank_run(run: RunDir, completions: dict[str, Completion], ref_name: str,
+             cfg: RankConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    ranked, left_out = rank(completions, run.load_scores(ref_name), cfg)
+    run.write_ranked(ranked, COLUMNS)
+    return ranked, left_out
+
+
+def rescore(out: str, reference: str | None = None, device: str | None = None,
+            alignment: str = "auto", rank_key: str = "ppl_diff", min_tokens: int = 5,
+            quiet: bool = False) -> AuditResult:
+    """Score and rank an existing run again (another reference, another key): no requests."""
+    run = RunDir(out)
+    manifest = run.read_manifest()
+    completions = run.load_completions()
+    if not completions:
+        raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
+    rank_cfg = RankConfig(rank_key, min_tokens)
+    spec = ReferenceSpec.parse(reference)
+    tokenizer = load_tokenizer(spec)
+    chat_template = (manifest.get("config") or {}).get("chat_template")
+    template = (ChatTemplate.from_file(chat_template) if chat_template
+                else ChatTemplate.from_tokenizer(tokenizer, spec.name)
+                if any(c.framing == "chat" for c in completions.values()) else None)
+    model = ReferenceModel(spec, device=device, tokenizer=tokenizer)
+    scoring = score_run(run, completions, model, TokenizerView(tokenizer, template), alignment,
+                        quiet)
+    ranked, left_out = rank_run(run, completions, model.name, rank_cfg)
+    manifest.setdefault("rescoring", []).append({**scoring, "ranking": rank_cfg.to_json(),
+                                                 "left_out_of_ranking": left_out})
+    run.write_manifest(manifest)
+    run.close()
+    return AuditResult(run, manifest, ranked)
+
+
+# -- the whole audit -----------------------------------------------------------------------
+def run_audit(cfg: AuditConfig) -> AuditResult:
+    cfg.validate()
+    redactor = Redactor()
+    run = RunDir(cfg.out, redactor)
+    manifest = run.read_manifest()
+    if manifest.get("generation") and manifest["generation"] != cfg.generation_settings():
+        old, new = manifest["generation"], cfg.generation_settings()
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new
+                         if old.get(k) != new.get(k))
+        raise ConfigError(f"{run.path} holds a run with other generation settings ({diff}). "
+                          "Rerun with the same flags to resume it, or pass a new --out.")
+    t_start = time.monotonic()
+    spec = ReferenceSpec.parse(cfg.reference)
+    where = f"{spec.path}/{spec.gguf_file}" if spec.gguf_file else spec.path
+    log(cfg, f"reference: {spec.name} ({where})")
+    tokenizer = load_tokenizer(spec)
+    template = (ChatTemplate.from_file(cfg.chat_template) if cfg.chat_template
+                else ChatTemplate.from_tokenizer(tokenizer, spec.name)
+                if "chat" in cfg.framings else None)
+    prefills, requests = build_requests(cfg, tokenizer, template)
+    done = run.load_completions()
+    todo = [r for r in requests if r.row_key not in done or done[r.row_key].error is not None]
+    log(cfg, f"prefills: {len(prefills)} x {len(cfg.framings)} framings = {len(requests)} rows;"
+             f" {len(requests) - len(todo)} already on disk, {len(todo)} to generate")
+    manifest.update({
+        "tool": "blackbox-audit", "versions": versions(), "generation": cfg.generation_settings(),
+        "config": {k: v for k, v in asdict(cfg).items() if k not in ("quiet",)},
+        "target": {"base_url": cfg.base_url, "model": cfg.model,
+                   "api_key": f"<from ${cfg.api_key_env}>" if cfg.api_key_env else None},
+        "framing": {"system": "You are a helpful assistant.", "user": "Tell me anything.",
+                    "chat_mode": cfg.chat_mode,
+                    "chat_template": template.source if template else None},
+        "end_token": "dropped: an end-of-turn token reported by the target is not scored on "
+                     "either side",
+        "status": "generating",
+    })
+    run.write_manifest(manifest)
+    stats = TransportStats()
+    t0 = time.monotonic()
+    try:
+        info = asyncio.run(generate(cfg, todo, run, redactor, stats))
+    except BaseException:
+        manifest.update(status="interrupted", requests=stats.to_json())
+        run.write_manifest(manifest)
+        raise
+    manifest["endpoint"] = info
+    manifest["requests"] = stats.to_json()
+    manifest["generation_seconds"] = round(time.monotonic() - t0, 2)
+
+    wanted = {r.row_key for r in requests}
+    completions = {k: c for k, c in run.load_completions().items() if k in wanted}
+    reference = ReferenceModel(spec, device=cfg.device, tokenizer=tokenizer)
+    view = TokenizerView(tokenizer, template)
+    manifest["reference"] = {"name": reference.name, "path": spec.path,
+                             "gguf_file": spec.gguf_file, "device": reference.device,
+                             "dtype": str(reference.dtype).replace("torch.", "")}
+    manifest["scoring"] = score_run(run, completions, reference, view, cfg.alignment,
+                                    cfg.quiet)
+    rank_cfg = RankConfig(cfg.rank_key, cfg.min_tokens)
+    ranked, left_out = rank_run(run, completions, reference.name, rank_cfg)
+    n = len(completions)
+    degraded = sum(1 for c in completions.values() if c.degraded)
+    failed = sum(1 for c in completions.values() if c.error is not None)
+    manifest.update({
+        "status": "done",
+        "counts": {"rows": n, "ranked": len(ranked), "failed": failed, "degraded": degraded,
+                   "degraded_reasons": count_reasons(completions.values()),
+                   "left_out_of_ranking": left_out},
+        "degraded_reason_meanings": REASONS,
+        "ranking": {**rank_cfg.to_json(), "within": ["corpus", "framing"]},
+        "seconds": round(time.monotonic() - t_start, 2),
+    })
+    run.write_manifest(manifest)
+    run.close()
+    share = (degraded + failed) / n if n else 0.0
+    if share > cfg.max_degraded_share:
+        raise DegradedShareExceeded(
+            f"{degraded + failed} of {n} rows ({share:.0%}) are degraded or failed, above "
+            f"--max-degraded-share {cfg.max_degraded_share:.0%}: "
+            f"{count_reasons(completions.values()) or {'failed': failed}}. Everything is kept in "
+            f"{run.path} (see manifest.json); the ranking of the usable rows is in ranked.jsonl.")
+    return AuditResult(run, manifest, ranked)
+
+
+__all__ = ["AuditConfig", "AuditError", "AuditResult", "rank_run", "rescore", "run_audit",
+           "score_run"]

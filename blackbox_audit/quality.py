@@ -1,0 +1,80 @@
+"""Degraded data is an error, never a number.
+
+Each check looks at one completion as returned and names what makes it untrustworthy. A
+marked row is kept in completions.jsonl (it was paid for, and the reason is evidence about
+the endpoint) but left out of the ranking; the manifest counts each reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from .records import Completion
+
+# Greedy check tolerance: servers round logprobs, and ties between top tokens happen.
+GREEDY_TOLERANCE = 1e-3
+SENTINEL = -9999.0
+
+REASONS = {
+    "empty": "the completion has no tokens",
+    "no_logprobs": "the response carried no token log-probabilities",
+    "logprob_count": "fewer log-probabilities than tokens",
+    "sentinel_logprobs": "log-probabilities are placeholders (-9999, positive, or all zero)",
+    "text_mismatch": "the tokens do not rebuild the returned text",
+    "not_greedy": "a chosen token is not the argmax of its top log-probabilities",
+    "prefill_dropped": "the server ignored the prefill and started its own text",
+    "context_mismatch": "the reference could not rebuild the context the target saw",
+}
+
+
+def rebuilt_text(c: Completion) -> str | None:
+    """The continuation rebuilt from its tokens: bytes when given (they keep split UTF-8
+    characters whole), token strings otherwise. None when bytes do not decode."""
+    if c.token_bytes is not None:
+        try:
+            return b"".join(bytes(b) for b in c.token_bytes).decode("utf-8")
+        except (UnicodeDecodeError, ValueError):
+            return None
+    return "".join(c.tokens)
+
+
+def assess(c: Completion) -> list[str]:
+    """Reasons this completion cannot be scored; empty when it can."""
+    reasons: list[str] = []
+    if c.error is not None:
+        return reasons
+    if not c.tokens:
+        return ["empty"] if not c.logprobs else ["logprob_count"]
+    if not c.logprobs:
+        return ["no_logprobs"]
+    lps = c.logprobs
+    if len(lps) != len(c.tokens) or any(x is None for x in lps):
+        reasons.append("logprob_count")
+    vals = [x for x in lps if x is not None]
+    if any(x <= SENTINEL or x > 1e-6 for x in vals) or (len(vals) > 1 and all(x == 0.0
+                                                                              for x in vals)):
+        reasons.append("sentinel_logprobs")
+    if rebuilt_text(c) != c.text:
+        reasons.append("text_mismatch")
+    if c.top_logprobs and _not_greedy(lps, c.top_logprobs):
+        reasons.append("not_greedy")
+    return reasons
+
+
+def _not_greedy(lps: list[float | None], tops: list[list[list]]) -> bool:
+    for lp, top in zip(lps, tops, strict=False):
+        if lp is None or not top:
+            continue
+        best = max((t[1] for t in top if t[1] is not None), default=None)
+        if best is not None and best > lp + GREEDY_TOLERANCE:
+            return True
+    return False
+
+
+def count_reasons(rows: Iterable[Completion]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for c in rows:
+        for r in c.degraded:
+            counts[r] += 1
+    return dict(counts)

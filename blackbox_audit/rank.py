@@ -1,0 +1,78 @@
+"""Ranking: completions by the perplexity gap, within each (corpus, framing).
+
+Raw and chat rows are never pooled, nor are corpora: their score scales differ. Rows are left
+out of the ranking, and counted by reason, when they are degraded, failed, unscored, or
+shorter than ``min_tokens`` (the paper's released rows put 2-token completions at rank 0:
+perplexity over two tokens is mostly noise).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .records import SCORE_KEYS, Completion, Score
+
+COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "ppl_ref",
+           "ppl_target", "n_target_tokens", "finish_reason", "alignment", "prefill_id",
+           "prefill", "completion"]
+
+
+@dataclass
+class RankConfig:
+    key: str = "ppl_diff"
+    min_tokens: int = 5
+
+    def __post_init__(self) -> None:
+        if self.key not in SCORE_KEYS:
+            raise ConfigError(f"Cannot rank by {self.key!r}; choose one of "
+                              f"{', '.join(SCORE_KEYS)}.")
+        if self.min_tokens < 0:
+            raise ConfigError("--min-tokens must be 0 or more.")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rank(completions: dict[str, Completion], scores: dict[str, Score],
+         cfg: RankConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Ranked rows (all groups, each group from rank 0) and the count of rows left out."""
+    left_out: Counter[str] = Counter()
+    groups: dict[tuple[str, str], list[tuple[Completion, Score]]] = defaultdict(list)
+    for key, c in completions.items():
+        if c.error is not None:
+            left_out["failed"] += 1
+            continue
+        if c.degraded:
+            left_out["degraded"] += 1
+            continue
+        s = scores.get(key)
+        if s is None:
+            left_out["unscored"] += 1
+            continue
+        if s.n_target_tokens < cfg.min_tokens:
+            left_out["too_short"] += 1
+            continue
+        value = getattr(s, cfg.key)
+        if value is None or math.isnan(value):
+            left_out["no_score"] += 1
+            continue
+        groups[(c.corpus, c.framing)].append((c, s))
+    out: list[dict[str, Any]] = []
+    for (corpus, framing) in sorted(groups):
+        members = sorted(groups[(corpus, framing)],
+                         key=lambda cs: (-getattr(cs[1], cfg.key), cs[0].prefill_id))
+        for r, (c, s) in enumerate(members):
+            out.append({
+                "corpus": corpus, "framing": framing, "rank": r, "rank_key": cfg.key,
+                "ppl_diff": s.ppl_diff, "nll_diff": s.nll_diff, "bpb_diff": s.bpb_diff,
+                "ppl_ref": s.ppl_ref, "ppl_target": s.ppl_target,
+                "n_target_tokens": s.n_target_tokens, "n_ref_tokens": s.n_ref_tokens,
+                "finish_reason": c.finish_reason, "alignment": s.alignment,
+                "straddle": s.straddle, "prefill_id": c.prefill_id, "prefill": c.prefill,
+                "completion": c.text,
+            })
+    return out, dict(left_out)

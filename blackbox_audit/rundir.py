@@ -1,0 +1,168 @@
+"""The run directory: every stage reads and writes plain files here (design §4).
+
+    manifest.json        config, versions, probe, counts, cost; rewritten atomically
+    exchanges.jsonl      the transport's record of every paid answer (auto/record modes)
+    completions.jsonl    one row per (prefill, framing); append-only, fsync'd: the resume point
+    scores.<ref>.jsonl   per reference model; append-only
+    ranked.jsonl/.csv    the ranking, within each (corpus, framing)
+
+Appends are fsync'd line by line and reads tolerate a torn last line, so ``kill -9`` at any
+moment loses at most the row being written, never one already on disk. Everything written
+passes through the run's redactor.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .records import Completion, Score
+from .redact import Redactor
+from .transport import _heal_torn_tail
+
+
+class JsonlAppender:
+    """Append JSON lines with fsync; heal a torn tail before the first append."""
+
+    def __init__(self, path: Path, redactor: Redactor):
+        self.path = path
+        self.redactor = redactor
+        self._fh = None
+
+    def append(self, obj: dict[str, Any]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _heal_torn_tail(self.path)
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._fh.write(self.redactor.dumps(obj) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line is skipped, a bad line elsewhere is an error."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except ValueError as e:
+            if n >= len(lines) - 1:
+                continue
+            raise ConfigError(f"{path} line {n} is not JSON ({e}); the file was edited or "
+                              "damaged. Remove that line to go on.") from e
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path, redactor: Redactor | None = None):
+        self.path = Path(path)
+        self.redactor = redactor or Redactor()
+        self._completions = JsonlAppender(self.completions_path, self.redactor)
+        self._scores: dict[str, JsonlAppender] = {}
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    @property
+    def completions_path(self) -> Path:
+        return self.path / "completions.jsonl"
+
+    @property
+    def exchanges_path(self) -> Path:
+        return self.path / "exchanges.jsonl"
+
+    def scores_path(self, ref_name: str) -> Path:
+        return self.path / f"scores.{ref_name}.jsonl"
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists() or self.completions_path.exists()
+
+    # manifest -----------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ConfigError(f"{self.manifest_path} is not valid JSON ({e}).") from e
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.manifest_path, self.redactor.dumps(manifest, indent=2) + "\n")
+
+    # completions --------------------------------------------------------------------------
+    def append_completion(self, c: Completion) -> None:
+        self._completions.append(c.to_json())
+
+    def load_completions(self) -> dict[str, Completion]:
+        """Latest row per (prefill, framing): a failed row is superseded by a later answer."""
+        rows: dict[str, Completion] = {}
+        for obj in read_jsonl(self.completions_path):
+            try:
+                c = Completion.from_json(obj)
+            except TypeError as e:
+                raise ConfigError(f"{self.completions_path} holds a row that is not a "
+                                  f"completion ({e}).") from e
+            prev = rows.get(c.row_key)
+            if prev is None or prev.error is not None or c.error is None:
+                rows[c.row_key] = c
+        return rows
+
+    # scores -------------------------------------------------------------------------------
+    def append_score(self, ref_name: str, s: Score) -> None:
+        app = self._scores.get(ref_name)
+        if app is None:
+            app = self._scores[ref_name] = JsonlAppender(self.scores_path(ref_name),
+                                                         self.redactor)
+        app.append(s.to_json())
+
+    def load_scores(self, ref_name: str) -> dict[str, Score]:
+        out = {}
+        for obj in read_jsonl(self.scores_path(ref_name)):
+            s = Score.from_json(obj)
+            out[f"{s.prefill_id}:{s.framing}"] = s
+        return out
+
+    # ranking ------------------------------------------------------------------------------
+    def write_ranked(self, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
+        rows = list(rows)
+        write_atomic(self.path / "ranked.jsonl",
+                     "".join(self.redactor.dumps(r) + "\n" for r in rows))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: self.redactor.text(str(r.get(k, ""))) for k in columns})
+        write_atomic(self.path / "ranked.csv", buf.getvalue())
+
+    def load_ranked(self) -> list[dict[str, Any]]:
+        return list(read_jsonl(self.path / "ranked.jsonl"))
+
+    def close(self) -> None:
+        self._completions.close()
+        for a in self._scores.values():
+            a.close()

@@ -1,0 +1,197 @@
+"""blackbox-audit command line: a thin layer over the library (design §2).
+
+Every command parses flags, calls one function of ``blackbox_audit``, and prints. A user
+error becomes one paragraph on stderr and an exit code (2 config, 3 endpoint, 4 fixture,
+5 too many degraded rows, 6 reference model), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+EPILOG = """\
+exit codes: 0 ok, 1 unexpected error, 2 bad flags or config, 3 endpoint refused or lacks a
+capability, 4 fixture malformed or replay miss, 5 too many degraded rows, 6 reference model
+could not be loaded, 130 interrupted (rerun the same command to resume).
+"""
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="blackbox-audit",
+        description="Find what a finetune taught a model you cannot open: the target "
+                    "continues short prefills greedily with token log-probabilities, a local "
+                    "reference model rescores the same text, and completions are ranked by "
+                    "the perplexity gap (PPL_ref - PPL_target). The top of the ranking tends "
+                    "to spell out the finetuning objective.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("audit", help="generate, rescore and rank against a target endpoint",
+                       description="Audit a target model behind an OpenAI-compatible endpoint. "
+                       "Resumable: rerun the same command after an interruption and only the "
+                       "missing rows are requested.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = a.add_argument_group("target")
+    t.add_argument("--base-url", help="the endpoint's base URL, e.g. http://127.0.0.1:8080/v1")
+    t.add_argument("--model", required=True, help="the target model's name at the endpoint")
+    t.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the API key (never written anywhere)")
+    t.add_argument("--flavour", default="auto",
+                   choices=["auto", "generic", "llama.cpp", "llama-cpp-python", "vllm"],
+                   help="server kind, for its greedy-decoding parameters (default: detected "
+                        "from GET /models)")
+    t.add_argument("--timeout", type=float, default=120.0, help="seconds per request (120)")
+    t.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    g = a.add_argument_group("prefills and framing")
+    g.add_argument("--prefills", default="builtin",
+                   help="builtin (default), file:PATH (.txt one document per line, or .jsonl "
+                        "with text/corpus), or hf:DATASET[:CONFIG]:SPLIT[:FIELD]")
+    g.add_argument("--corpora", type=_csv, help="comma-separated corpora to use (builtin: "
+                                                "prose,encyclopedic,code; default all)")
+    g.add_argument("--per-corpus", type=int, default=1000,
+                   help="distinct prefills per corpus (1000; 0 = all)")
+    g.add_argument("--prefill-tokens", type=int, default=3, help="prefill length in tokens (3)")
+    g.add_argument("--prefill-tokenizer", default="reference",
+                   help="tokenizer that counts prefill tokens: reference (default) or a model "
+                        "path")
+    g.add_argument("--seed", type=int, default=0, help="prefill sampling seed (0)")
+    g.add_argument("--framings", type=_csv, default=["raw", "chat"],
+                   help="raw, chat or both (default raw,chat); ranked separately")
+    g.add_argument("--chat-mode", default="template", choices=["template", "prefill"],
+                   help="template: render the chat template client-side and continue it on "
+                        "/completions (default, exact); prefill: send a trailing assistant "
+                        "message to /chat/completions (only for servers that continue it)")
+    g.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja chat template of the target (default: the reference's)")
+    g.add_argument("--max-tokens", type=int, default=100, help="tokens to generate (100)")
+    g.add_argument("--top-logprobs", type=int, default=5,
+                   help="top log-probabilities per token, for the greedy check (5)")
+    r = a.add_argument_group("record / replay")
+    r.add_argument("--record-mode", default="auto", choices=["off", "record", "replay", "auto"],
+                   help="auto (default): answer from recorded exchanges when present, else "
+                        "ask and record (this is the resume); record; replay: fixtures only, "
+                        "no network; off")
+    r.add_argument("--replay", action="store_const", const="replay", dest="record_mode",
+                   help="same as --record-mode replay")
+    r.add_argument("--fixtures", metavar="PATH",
+                   help="exchanges file (.jsonl or .jsonl.gz); default OUT/exchanges.jsonl")
+    _add_scoring_flags(a)
+    a.add_argument("--max-degraded-share", type=float, default=0.25,
+                   help="fail (exit 5) when more than this share of rows is degraded or "
+                        "failed (0.25); the rows are kept either way")
+    a.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    a.add_argument("--top", type=int, default=5, help="rows to print per group at the end (5)")
+    a.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    s = sub.add_parser("score", help="rescore and rank an existing run (no requests)",
+                       description="Score a run's completions with a (possibly different) "
+                       "reference and rank them again; generation is never repeated.")
+    s.add_argument("run", help="run directory")
+    _add_scoring_flags(s)
+    s.add_argument("--top", type=int, default=5, help="rows to print per group (5)")
+    s.add_argument("--quiet", action="store_true")
+
+    sh = sub.add_parser("show", help="print the top of a run's ranking")
+    sh.add_argument("run", help="run directory")
+    sh.add_argument("--top", type=int, default=10, help="rows per (corpus, framing) (10)")
+    return p
+
+
+def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reference and ranking")
+    g.add_argument("--reference", metavar="MODEL",
+                   help="reference model: a local directory, a .gguf file or a hub id "
+                        "(default: the packaged SmolLM2-135M-Instruct GGUF)")
+    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    g.add_argument("--alignment", default="auto", choices=["auto", "ids", "text"],
+                   help="auto (default): score the target's token ids when the vocabularies "
+                        "match, else retokenise the text")
+    g.add_argument("--rank-by", dest="rank_key", default="ppl_diff",
+                   choices=["ppl_diff", "nll_diff", "bpb_diff"],
+                   help="ranking key (ppl_diff = PPL_ref - PPL_target, the paper's)")
+    g.add_argument("--min-tokens", type=int, default=5,
+                   help="leave completions shorter than this out of the ranking (5)")
+
+
+def print_top(ranked: list[dict], top: int, out=None) -> None:
+    out = out or sys.stdout
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in ranked:
+        groups.setdefault((row["corpus"], row["framing"]), []).append(row)
+    for (corpus, framing), rows in groups.items():
+        print(f"\n== {corpus} / {framing}: top {min(top, len(rows))} of {len(rows)} "
+              f"by {rows[0].get('rank_key', 'ppl_diff')}", file=out)
+        for row in rows[:top]:
+            text = " ".join((row["completion"] or "").split())
+            print(f"{row['rank']:>3}  dPPL {row['ppl_diff']:>9.2f}  [{row['prefill']}] "
+                  f"{text[:110]}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from blackbox_audit.errors import AuditError
+
+    try:
+        return _dispatch(args)
+    except AuditError as e:
+        print(textwrap.fill(f"blackbox-audit: {e.message}", width=100), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("\nblackbox-audit: interrupted. Every answer received so far is on disk; rerun "
+              "the same command to resume.", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from blackbox_audit import audit
+
+    if args.command == "audit":
+        cfg = audit.AuditConfig(
+            out=args.out, base_url=args.base_url, model=args.model,
+            api_key_env=args.api_key_env, flavour=args.flavour, framings=args.framings,
+            chat_mode=args.chat_mode, chat_template=args.chat_template,
+            prefills=args.prefills, corpora=args.corpora,
+            per_corpus=args.per_corpus or None, prefill_tokens=args.prefill_tokens,
+            prefill_tokenizer=args.prefill_tokenizer, seed=args.seed,
+            max_tokens=args.max_tokens, top_logprobs=args.top_logprobs,
+            concurrency=args.concurrency, timeout=args.timeout, record_mode=args.record_mode,
+            fixtures=args.fixtures, reference=args.reference, device=args.device,
+            alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
+            max_degraded_share=args.max_degraded_share, quiet=args.quiet)
+        result = audit.run_audit(cfg)
+        print_top(result.ranked, args.top)
+        counts = result.manifest["counts"]
+        print(f"\n{counts['ranked']} of {counts['rows']} rows ranked "
+              f"({counts['degraded']} degraded, {counts['failed']} failed, left out: "
+              f"{counts['left_out_of_ranking'] or 'none'}); run directory: {result.run.path}")
+        return 0
+    if args.command == "score":
+        result = audit.rescore(args.run, args.reference, args.device, args.alignment,
+                               args.rank_key, args.min_tokens, args.quiet)
+        print_top(result.ranked, args.top)
+        return 0
+    if args.command == "show":
+        from blackbox_audit.rundir import RunDir
+
+        ranked = RunDir(args.run).load_ranked()
+        if not ranked:
+            from blackbox_audit.errors import ConfigError
+            raise ConfigError(f"{args.run} has no ranked.jsonl; run audit or score first.")
+        print_top(ranked, args.top)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,155 @@
+"""The provider contract: build a payload, send it, parse the answer into a Completion.
+
+An adapter declares what its endpoint can do (:class:`Capabilities`) and implements two
+small pure functions, :meth:`Provider.build` and :meth:`Provider.parse`. The loop that sends
+requests, maps HTTP failures to errors a user can act on, and applies the quality checks is
+shared here, so adapters stay short (the shape of inspect_ai's ModelAPI and lm-eval's
+TemplateAPI). Providers know nothing of the reference model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from blackbox_audit.errors import EndpointError
+from blackbox_audit.quality import assess
+from blackbox_audit.records import Completion, GenerationRequest
+
+from .protocol import TokenColumns
+
+
+@dataclass
+class Capabilities:
+    """What an endpoint offers, as declared by its adapter (and later confirmed by a probe)."""
+
+    logprobs: bool = True
+    top_logprobs: int = 5            # the largest k the endpoint accepts
+    raw_completion: bool = True      # a text-completion endpoint (raw framing, client-side chat)
+    assistant_prefill: bool = False  # continues a trailing assistant message
+    echo: bool = False               # prompt log-probabilities
+    token_ids: bool = False          # returns token ids with logprobs
+    max_tokens: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class WireRequest:
+    method: str
+    path: str
+    body: dict[str, Any]
+
+
+class RequestFailed(Exception):
+    """This one request got no usable answer (after retries); the run goes on."""
+
+
+class Provider(ABC):
+    kind: str = "provider"
+
+    def __init__(self, client: httpx.AsyncClient, model: str, capabilities: Capabilities):
+        self.client = client
+        self.model = model
+        self.capabilities = capabilities
+
+    @abstractmethod
+    def build(self, req: GenerationRequest) -> WireRequest:
+        """The HTTP request for one generation. Pure: no I/O."""
+
+    @abstractmethod
+    def parse(self, req: GenerationRequest, payload: dict[str, Any]) -> Completion:
+        """Turn a 2xx JSON answer into a Completion. Pure: no I/O. The one conversion point."""
+
+    async def generate(self, req: GenerationRequest) -> Completion:
+        wire = self.build(req)
+        try:
+            response = await self.client.request(wire.method, wire.path, json=wire.body)
+        except httpx.TimeoutException as e:
+            raise RequestFailed(f"timed out after retries ({type(e).__name__})") from e
+        except httpx.TransportError as e:
+            raise RequestFailed(f"connection failed after retries: {e}") from e
+        if response.status_code >= 400:
+            self.raise_for_status(response)
+        try:
+            payload = response.json()
+        except ValueError as e:
+            raise RequestFailed(f"HTTP {response.status_code} with a body that is not JSON: "
+                                f"{response.text[:200]!r}") from e
+        if not isinstance(payload, dict):
+            raise RequestFailed(f"unexpected JSON answer: {str(payload)[:200]}")
+        completion = self.parse(req, payload)
+        completion.degraded = sorted(set(completion.degraded) | set(assess(completion)))
+        return completion
+
+    def raise_for_status(self, response: httpx.Response) -> None:
+        """Fatal statuses stop the run with a clear message; others fail this one row."""
+        status = response.status_code
+        detail = _error_detail(response)
+        url = f"{self.client.base_url}"
+        if status in (401, 403):
+            raise EndpointError(
+                f"The endpoint {url} refused the credentials (HTTP {status}: {detail}). "
+                "Check the API key (set it in the environment variable named by --api-key-env) "
+                "and that it may use this model.")
+        if status == 404:
+            raise EndpointError(
+                f"The endpoint {url} answered HTTP 404 for {response.request.url.path} "
+                f"({detail}). Check --base-url (it usually ends in /v1) and --model "
+                f"({self.model!r}).")
+        if status in (400, 422) and "model" in detail.lower():
+            raise EndpointError(
+                f"The endpoint {url} does not accept model {self.model!r} (HTTP {status}: "
+                f"{detail}). List its models or check --model.")
+        raise RequestFailed(f"HTTP {status}: {detail}")
+
+
+def _error_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300].strip() or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:300]
+        return str(err)[:300]
+    return str(body)[:300]
+
+
+def completion_from_columns(req: GenerationRequest, *, text: str, cols: TokenColumns | None,
+                            finish_reason: str | None, prompt_tokens: int | None,
+                            model: str | None) -> Completion:
+    """Build the internal record from one choice's token columns.
+
+    An end-of-turn token reported with empty text at the end of a stopped completion is moved
+    to ``end_token``: it is not part of the continuation's text, the reference does not
+    score it, so the target's side must not either.
+    """
+    p = req.prefill
+    c = Completion(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
+                   text=text, finish_reason=finish_reason, prompt=req.prompt,
+                   prompt_tokens=prompt_tokens, model=model)
+    if cols is None:
+        if text:
+            c.degraded.append("no_logprobs")
+        return c
+    tokens, lps = list(cols.tokens), list(cols.logprobs)
+    ids = list(cols.ids) if cols.ids is not None else None
+    tbytes = [list(b) for b in cols.token_bytes] if cols.token_bytes is not None else None
+    top = [list(t) for t in cols.top] if cols.top is not None else None
+    if tokens and tokens[-1] == "" and (tbytes is None or tbytes[-1] == []) \
+            and finish_reason == "stop" and len(tokens) == len(lps):
+        c.end_token = {"token": tokens.pop(), "logprob": lps.pop(),
+                       "id": ids.pop() if ids else None}
+        if tbytes is not None:
+            tbytes.pop()
+        if top is not None:
+            top.pop()
+    c.tokens, c.logprobs, c.token_ids, c.token_bytes, c.top_logprobs = tokens, lps, ids, \
+        tbytes, top
+    return c

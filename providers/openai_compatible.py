@@ -1,0 +1,145 @@
+"""OpenAI-compatible servers reached by base URL (llama.cpp's server, vLLM, llama-cpp-python, ...).
+
+Raw framing and the client-rendered chat framing go to ``/completions``; the chat framing with
+server-side assistant prefill goes to ``/chat/completions`` and is only used when the server
+is known to continue a trailing assistant message (llama.cpp's server does; vLLM does with
+``continue_final_message``; llama-cpp-python silently starts a new turn instead).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from blackbox_audit.errors import EndpointError
+from blackbox_audit.records import GenerationRequest
+
+from .base import Capabilities, Provider, WireRequest, completion_from_columns
+from .protocol import TokenColumns, token_columns
+
+# Greedy means greedy: each flavour's own names for "no repetition penalty, no truncation".
+GREEDY_EXTRAS: dict[str, dict[str, Any]] = {
+    "generic": {},
+    "llama.cpp": {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0},
+    "llama-cpp-python": {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0},
+    "vllm": {"repetition_penalty": 1.0, "top_k": -1, "min_p": 0.0},
+}
+
+FLAVOUR_CAPABILITIES: dict[str, Capabilities] = {
+    "generic": Capabilities(top_logprobs=5),
+    "llama.cpp": Capabilities(top_logprobs=20, assistant_prefill=True, token_ids=True),
+    "llama-cpp-python": Capabilities(top_logprobs=20),
+    "vllm": Capabilities(top_logprobs=20, assistant_prefill=True, echo=True),
+}
+
+# How each server names itself in GET /models (``owned_by``).
+_OWNERS = {"llamacpp": "llama.cpp", "vllm": "vllm", "me": "llama-cpp-python"}
+
+
+class OpenAICompatibleProvider(Provider):
+    kind = "openai-compatible"
+
+    def __init__(self, client: httpx.AsyncClient, model: str, flavour: str = "generic",
+                 chat_mode: str = "template"):
+        if flavour not in GREEDY_EXTRAS:
+            raise ValueError(f"unknown server flavour {flavour!r}")
+        super().__init__(client, model, FLAVOUR_CAPABILITIES[flavour])
+        self.flavour = flavour
+        self.chat_mode = chat_mode
+
+    def _sampling(self) -> dict[str, Any]:
+        return {"temperature": 0.0, "top_p": 1.0, "presence_penalty": 0.0,
+                "frequency_penalty": 0.0, **GREEDY_EXTRAS[self.flavour]}
+
+    def build(self, req: GenerationRequest) -> WireRequest:
+        if req.messages is not None:
+            body: dict[str, Any] = {"model": self.model, "messages": req.messages,
+                                    "max_tokens": req.max_tokens, "logprobs": True,
+                                    "top_logprobs": req.top_logprobs, **self._sampling()}
+            if self.flavour == "vllm":
+                body.update(continue_final_message=True, add_generation_prompt=False)
+            return WireRequest("POST", "/chat/completions", body)
+        body = {"model": self.model, "prompt": req.prompt, "max_tokens": req.max_tokens,
+                "logprobs": req.top_logprobs, **self._sampling()}
+        return WireRequest("POST", "/completions", body)
+
+    def parse(self, req: GenerationRequest, payload: dict[str, Any]):
+        choices = payload.get("choices") or []
+        if not choices or not isinstance(choices[0], dict):
+            raise EndpointError(f"The endpoint answered without choices: {str(payload)[:300]}")
+        choice = choices[0]
+        usage = payload.get("usage") or {}
+        cols = token_columns(choice.get("logprobs"))
+        dropped = False
+        if req.messages is not None:
+            content = (choice.get("message") or {}).get("content") or ""
+            text, dropped = _strip_prefill(content, req.prefill.text, cols)
+        else:
+            text = choice.get("text") or ""
+            cols = _tokens_from_offsets(cols, text)
+        c = completion_from_columns(req, text=text, cols=cols,
+                                    finish_reason=choice.get("finish_reason"),
+                                    prompt_tokens=usage.get("prompt_tokens"),
+                                    model=payload.get("model"))
+        if dropped:
+            c.degraded.append("prefill_dropped")
+        return c
+
+
+def _strip_prefill(content: str, prefill: str, cols: TokenColumns | None) -> tuple[str, bool]:
+    """The continuation part of a chat answer to an assistant prefill, and whether the server
+    dropped the prefill (regenerated it as fresh text, as llama-cpp-python's server does)."""
+    generated = "".join(cols.tokens) if cols is not None else None
+    if generated is not None and prefill.strip() and generated.lstrip().startswith(prefill.strip()):
+        return content, True
+    if content.startswith(prefill):
+        return content[len(prefill):], False
+    return content, False
+
+
+def _tokens_from_offsets(cols: TokenColumns | None, text: str) -> TokenColumns | None:
+    """Legacy shapes give ``text_offset``: when token strings do not rebuild the text (a split
+    UTF-8 character shown as a placeholder), slice the text at the offsets instead."""
+    if cols is None or cols.text_offset is None or "".join(cols.tokens) == text:
+        return cols
+    offs = cols.text_offset
+    if len(offs) != len(cols.tokens) or not offs:
+        return cols
+    base = offs[0]
+    rel = [o - base for o in offs] + [len(text)]
+    if any(b < a for a, b in zip(rel, rel[1:], strict=False)) or rel[-2] > len(text):
+        return cols
+    cols.tokens = [text[a:b] for a, b in zip(rel, rel[1:], strict=False)]
+    return cols
+
+
+async def discover(client: httpx.AsyncClient, model: str) -> tuple[str, list[str]]:
+    """GET /models: check the model exists and tell the server flavour from ``owned_by``.
+
+    Returns (flavour, model ids). A server without /models is treated as generic.
+    """
+    try:
+        response = await client.get("/models")
+    except httpx.TransportError as e:
+        raise EndpointError(
+            f"Cannot reach {client.base_url} ({type(e).__name__}: {e}). Is the server running, "
+            "and does --base-url point at it (usually ending in /v1)?") from e
+    if response.status_code in (401, 403):
+        raise EndpointError(f"The endpoint {client.base_url} refused the credentials (HTTP "
+                            f"{response.status_code}). Check the API key.")
+    if response.status_code >= 400:
+        return "generic", []
+    try:
+        data = response.json().get("data") or []
+    except (ValueError, AttributeError):
+        return "generic", []
+    ids = [str(m.get("id")) for m in data if isinstance(m, dict)]
+    owners = {str(m.get("owned_by")) for m in data if isinstance(m, dict)}
+    flavour = next((_OWNERS[o] for o in owners if o in _OWNERS), "generic")
+    aliases = {a for m in data if isinstance(m, dict) for a in (m.get("aliases") or [])}
+    if ids and model not in ids and model not in aliases:
+        raise EndpointError(
+            f"The endpoint {client.base_url} does not serve model {model!r}; it lists: "
+            f"{', '.join(ids[:10])}. Pass one of those with --model.")
+    return flavour, ids

@@ -1,0 +1,103 @@
+"""Wire schemas of OpenAI-style responses, and the one conversion into token columns.
+
+Two logprob shapes exist in the wild:
+- legacy completions:
+  ``logprobs = {tokens, token_logprobs, top_logprobs: [{tok: lp}], text_offset}``
+  (OpenAI's /v1/completions, llama-cpp-python, vLLM, Together);
+- chat shape: ``logprobs = {content: [{token, logprob, bytes, id?, top_logprobs: [...]}]}``
+  (OpenAI's /v1/chat/completions, and llama.cpp's server even on /v1/completions, with ids).
+
+Everything here is data shape only: no policy, no HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+
+class TopLogprob(TypedDict, total=False):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    id: int
+
+
+class ContentLogprob(TypedDict, total=False):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    id: int
+    top_logprobs: list[TopLogprob]
+
+
+class LegacyLogprobs(TypedDict, total=False):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
+class Choice(TypedDict, total=False):
+    text: str
+    message: dict[str, Any]
+    logprobs: LegacyLogprobs | dict[str, list[ContentLogprob]] | None
+    finish_reason: str | None
+
+
+class Usage(TypedDict, total=False):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class TokenColumns:
+    """Per-token data of one choice, whatever shape it came in."""
+
+    tokens: list[str]
+    logprobs: list[float | None]
+    ids: list[int] | None
+    token_bytes: list[list[int]] | None
+    top: list[list[list[Any]]] | None
+    text_offset: list[int] | None = None
+
+
+def token_columns(logprobs: Any) -> TokenColumns | None:
+    """Convert either logprob shape to columns; None when the response has no logprobs."""
+    if not logprobs:
+        return None
+    if isinstance(logprobs, dict) and "content" in logprobs:
+        content = logprobs.get("content") or []
+        if not isinstance(content, list):
+            return None
+        tokens = [str(c.get("token", "")) for c in content]
+        lps = [_float(c.get("logprob")) for c in content]
+        ids = [c.get("id") for c in content]
+        raw_bytes = [c.get("bytes") for c in content]
+        tops = [[[t.get("token", ""), _float(t.get("logprob"))]
+                 for t in (c.get("top_logprobs") or [])] for c in content]
+        return TokenColumns(
+            tokens=tokens, logprobs=lps,
+            ids=ids if content and all(isinstance(i, int) for i in ids) else None,
+            token_bytes=raw_bytes if content and all(isinstance(b, list) for b in raw_bytes)
+            else None,
+            top=tops if any(tops) else None)
+    if isinstance(logprobs, dict) and "tokens" in logprobs:
+        tokens = [str(t) for t in logprobs.get("tokens") or []]
+        lps = [_float(x) for x in logprobs.get("token_logprobs") or []]
+        top_raw = logprobs.get("top_logprobs") or []
+        tops = [[[k, _float(v)] for k, v in (d or {}).items()] for d in top_raw]
+        offsets = logprobs.get("text_offset")
+        return TokenColumns(tokens=tokens, logprobs=lps, ids=None, token_bytes=None,
+                            top=tops if any(tops) else None,
+                            text_offset=list(offsets) if isinstance(offsets, list) else None)
+    return None
+
+
+def _float(x: Any) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
