@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except AuditError as e:
-        print(textwrap.fill(f"blackbox-audit: {e.message}", width=100), file=sys.stderr)
+        print(textwrap.fill(f"blackbox-audit: {e.message}", width=100, break_long_words=False,
+                            break_on_hyphens=False), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("\nblackbox-audit: interrupted. Every answer received so far is on disk; rerun "

@@ -45,7 +45,9 @@ def assess(c: Completion) -> list[str]:
     if c.error is not None:
         return reasons
     if not c.tokens:
-        return ["empty"] if not c.logprobs else ["logprob_count"]
+        if c.logprobs:
+            return ["logprob_count"]
+        return ["no_logprobs"] if c.text else ["empty"]
     if not c.logprobs:
         return ["no_logprobs"]
     lps = c.logprobs

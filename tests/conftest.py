@@ -1,0 +1,48 @@
+"""Shared test fixtures: the packaged reference tokenizer and model, loaded once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ref_spec():
+    from blackbox_audit.reference import packaged_smollm2
+
+    return packaged_smollm2()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(ref_spec):
+    from blackbox_audit.reference import load_tokenizer
+
+    return load_tokenizer(ref_spec)
+
+
+@pytest.fixture(scope="session")
+def reference(ref_spec, tokenizer):
+    from blackbox_audit.reference import ReferenceModel
+
+    return ReferenceModel(ref_spec, device="cpu", tokenizer=tokenizer)
+
+
+@pytest.fixture(scope="session")
+def chat_template(tokenizer):
+    from blackbox_audit.framing import ChatTemplate
+
+    return ChatTemplate.from_tokenizer(tokenizer, "smollm2")
+
+
+@pytest.fixture(scope="session")
+def view(tokenizer, chat_template):
+    from blackbox_audit.align import TokenizerView
+
+    return TokenizerView(tokenizer, chat_template)

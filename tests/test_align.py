@@ -1,0 +1,151 @@
+"""Alignment on the real SmolLM2 tokenizer, and the reference scorer's position bookkeeping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from blackbox_audit.align import AlignmentError, align, align_ids, align_text
+from blackbox_audit.framing import render_prompt
+from blackbox_audit.quality import assess
+from blackbox_audit.records import Completion
+
+
+def completion_from_ids(tokenizer, view, context, ids, framing="raw", prompt_tokens=None,
+                        finish="stop"):
+    toks = [view.token_bytes(i) for i in ids]
+    text = b"".join(toks).decode("utf-8")
+    return Completion(prefill_id="p", corpus="prose", prefill=context, framing=framing,
+                      text=text, tokens=[t.decode("utf-8", "replace") for t in toks],
+                      token_ids=list(ids), token_bytes=[list(t) for t in toks],
+                      logprobs=[-1.0] * len(ids), finish_reason=finish, prompt=context,
+                      prompt_tokens=prompt_tokens)
+
+
+def scored_text(view, item):
+    return b"".join(view.token_bytes(i) for i in item.ids[item.start:]).decode("utf-8",
+                                                                              "replace")
+
+
+def test_leading_space_is_part_of_the_continuation(view):
+    item = align_text(view, "The feud between", " two men")
+    assert scored_text(view, item) == " two men"
+    assert item.straddle is None and item.n_bytes == len(b" two men")
+    assert item.ids[: item.start] == view.encode("The feud between")
+
+
+def test_straddling_token_is_scored_and_recorded(view):
+    item = align_text(view, "The feud betw", "een two men")
+    first = view.token_bytes(item.ids[item.start]).decode()
+    assert first.endswith("een") and len(first) > 3
+    assert item.straddle == first[: len(first) - 3]
+    assert scored_text(view, item) == item.straddle + "een two men"
+
+
+@pytest.mark.parametrize("continuation", [" 🙂 ok", "é", " 日本語のテキスト", " naïve café"])
+def test_multibyte_characters_are_covered_whole(view, continuation):
+    item = align_text(view, "I said", continuation)
+    assert scored_text(view, item) == continuation
+    assert item.n_bytes == len(continuation.encode())
+
+
+def test_split_utf8_target_tokens_rebuild_and_use_the_ids_path(tokenizer, view):
+    ids = view.encode(" 🦜 fine")
+    pieces = [view.token_bytes(i) for i in ids]
+    assert any(_is_partial(p) for p in pieces), "the emoji must be split over byte tokens"
+    n_ctx = len(view.encode("I feel"))
+    c = completion_from_ids(tokenizer, view, "I feel", ids, prompt_tokens=n_ctx)
+    assert assess(c) == []                # bytes rebuild the text exactly
+    item = align(view, c)
+    assert item.alignment == "ids" and item.ids[item.start:] == ids
+
+
+def _is_partial(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+def test_empty_continuation_is_marked_never_scored(view):
+    c = Completion(prefill_id="p", corpus="prose", prefill="Hi", framing="raw", text="",
+                   finish_reason="stop", prompt="Hi")
+    assert assess(c) == ["empty"]
+    item = align_text(view, "Hi", "")
+    assert item.start == len(item.ids) and item.n_bytes == 0
+
+
+def test_length_capped_continuation_scores_the_target_ids(tokenizer, view):
+    ctx = "The museum held an"
+    full = view.encode(" extraordinary collection of paintings")
+    capped = full[:3]  # the server hit max_tokens mid-phrase
+    c = completion_from_ids(tokenizer, view, ctx, capped, prompt_tokens=len(view.encode(ctx)),
+                            finish="length")
+    item = align(view, c)
+    assert item.alignment == "ids"
+    assert item.ids == view.encode(ctx) + capped and item.start == len(view.encode(ctx))
+
+
+def test_ids_path_checks_prompt_token_count(tokenizer, view):
+    ctx = "The feud between"
+    ids = view.encode(" two men")
+    n = len(view.encode(ctx))
+    c = completion_from_ids(tokenizer, view, ctx, ids, prompt_tokens=n + 1)
+    assert align_ids(view, c).ids[0] == tokenizer.bos_token_id  # server added a BOS
+    c = completion_from_ids(tokenizer, view, ctx, ids, prompt_tokens=n + 3)
+    with pytest.raises(AlignmentError, match="prompt tokens"):
+        align_ids(view, c)
+
+
+def test_chat_context_keeps_special_tokens(tokenizer, view, chat_template):
+    prompt = render_prompt("chat", "The feud", chat_template)
+    assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.")
+    c = completion_from_ids(tokenizer, view, prompt, view.encode(" is old"), framing="chat")
+    c.prefill = "The feud"
+    item = align(view, c)
+    assert item.ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3
+
+
+def test_foreign_vocabulary_falls_back_to_text(tokenizer, view):
+    # A target with another tokenizer: character-level tokens with made-up ids.
+    text = " two men"
+    c = Completion(prefill_id="p", corpus="prose", prefill="The feud between", framing="raw",
+                   text=text, tokens=list(text), token_ids=list(range(100, 100 + len(text))),
+                   logprobs=[-0.5] * len(text), prompt="The feud between")
+    item = align(view, c)
+    assert item.alignment == "text" and scored_text(view, item) == text
+
+
+def test_reference_scores_only_the_span_from_the_previous_position(reference, view):
+    import torch
+
+    ids = view.encode("The feud between the two families lasted for years.")
+    start = 3
+    got = reference.score([ids], [start])[0]
+    with torch.inference_mode():
+        logits = reference.model(input_ids=torch.tensor([ids])).logits[0].float()
+    full = torch.log_softmax(logits, -1)
+    want = [full[t - 1, ids[t]].item() for t in range(start, len(ids))]
+    assert len(got) == len(ids) - start
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_batched_equals_unbatched(reference, view):
+    texts = ["A cat.", "The feud between the two families lasted for many years and years.",
+             "def f(x):\n    return x + 1", "Hello there, friend"]
+    seqs = [view.encode(t) for t in texts]
+    starts = [1, 4, 2, 3]
+    batched = reference.score(seqs, starts)
+    single = [reference.score([s], [st])[0] for s, st in zip(seqs, starts, strict=True)]
+    for b, s in zip(batched, single, strict=True):
+        assert b == pytest.approx(s, abs=1e-4)
+        assert all(math.isfinite(x) and x <= 0 for x in b)
+    reference.token_budget, saved = 40, reference.token_budget  # force many small batches
+    try:
+        small = reference.score(seqs, starts)
+    finally:
+        reference.token_budget = saved
+    for b, s in zip(small, single, strict=True):
+        assert b == pytest.approx(s, abs=1e-4)

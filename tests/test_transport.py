@@ -1,0 +1,188 @@
+"""Record / replay / retry at the httpx transport."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from blackbox_audit.errors import FixtureError
+from blackbox_audit.redact import Redactor
+from blackbox_audit.transport import (
+    FixtureStore,
+    RetryPolicy,
+    TransportStats,
+    build_client,
+    request_key,
+)
+
+
+class Network:
+    """Counts what reaches 'the network' and answers with a JSON echo."""
+
+    def __init__(self, statuses=None, headers=None):
+        self.calls: list[httpx.Request] = []
+        self.statuses = list(statuses or [])
+        self.headers = headers or {}
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request)
+        status = self.statuses.pop(0) if self.statuses else 200
+        return httpx.Response(status, headers=self.headers,
+                              json={"echo": json.loads(request.content or b"null"),
+                                    "n": len(self.calls)})
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def post(client, path, body):
+    r = await client.post(path, json=body)
+    return r.status_code, r.json()
+
+
+def test_record_then_replay_on_another_port_without_network(tmp_path):
+    net = Network()
+    store = FixtureStore(tmp_path / "ex.jsonl")
+    client = build_client("http://127.0.0.1:1111/v1", mode="record", store=store,
+                          network=httpx.MockTransport(net))
+    recorded = run(post(client, "/completions", {"b": 1, "a": [1, 2]}))
+    run(client.aclose())
+    assert len(net.calls) == 1
+
+    stats = TransportStats()
+    replay = build_client("http://127.0.0.1:2222/v1", mode="replay",
+                          store=FixtureStore(tmp_path / "ex.jsonl", writable=False), stats=stats)
+    # Same body, other key order, other port, other headers: same answer, no network.
+    r = run(replay.post("/completions", content=b'{"a":[1,2],  "b":1}',
+                        headers={"x-other": "1", "content-type": "application/json"}))
+    assert (r.status_code, r.json()) == recorded
+    assert stats.replayed == 1 and stats.sent == 0
+
+
+def test_replay_miss_names_nearest_key(tmp_path):
+    store = FixtureStore(tmp_path / "ex.jsonl")
+    client = build_client("http://h/v1", mode="record", store=store,
+                          network=httpx.MockTransport(Network()))
+    run(post(client, "/completions", {"prompt": "The cat sat", "max_tokens": 100}))
+    run(post(client, "/completions", {"prompt": "Lorem ipsum dolor", "max_tokens": 100}))
+    replay = build_client("http://h/v1", mode="replay",
+                          store=FixtureStore(tmp_path / "ex.jsonl", writable=False))
+    with pytest.raises(FixtureError) as e:
+        run(post(replay, "/completions", {"prompt": "The cat sat", "max_tokens": 99}))
+    assert "The cat sat" in e.value.message and "Lorem" not in e.value.message
+
+
+def test_auto_mode_asks_network_only_for_unrecorded(tmp_path):
+    net = Network()
+    path = tmp_path / "ex.jsonl"
+    c1 = build_client("http://h/v1", mode="auto", store=FixtureStore(path),
+                      network=httpx.MockTransport(net))
+    run(post(c1, "/x", {"i": 1}))
+    run(c1.aclose())
+    c2 = build_client("http://h/v1", mode="auto", store=FixtureStore(path),
+                      network=httpx.MockTransport(net))
+    first = run(post(c2, "/x", {"i": 1}))
+    run(post(c2, "/x", {"i": 2}))
+    assert first[1]["n"] == 1  # the recorded answer
+    assert [json.loads(c.content)["i"] for c in net.calls] == [1, 2]
+
+
+def test_errors_are_not_recorded(tmp_path):
+    net = Network(statuses=[400])
+    store = FixtureStore(tmp_path / "ex.jsonl")
+    client = build_client("http://h/v1", mode="record", store=store,
+                          network=httpx.MockTransport(net))
+    status, _ = run(post(client, "/x", {"i": 1}))
+    assert status == 400 and len(store) == 0
+
+
+def test_torn_last_line_is_tolerated_and_healed(tmp_path):
+    path = tmp_path / "ex.jsonl"
+    client = build_client("http://h/v1", mode="record", store=FixtureStore(path),
+                          network=httpx.MockTransport(Network()))
+    run(post(client, "/x", {"i": 1}))
+    run(client.aclose())
+    with open(path, "a") as fh:
+        fh.write('{"method": "POST", "path": "/x", "bo')  # killed mid-write
+    store = FixtureStore(path)
+    assert len(store) == 1
+    client = build_client("http://h/v1", mode="record", store=store,
+                          network=httpx.MockTransport(Network()))
+    run(post(client, "/x", {"i": 2}))
+    run(client.aclose())
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line) for line in lines)
+
+
+def test_malformed_fixture_is_a_clear_error(tmp_path):
+    path = tmp_path / "ex.jsonl"
+    path.write_text('not json\n{"method": "GET", "path": "/m", "body": null, '
+                    '"status": 200, "response": {}}\n')
+    with pytest.raises(FixtureError, match="line 1"):
+        FixtureStore(path)
+
+
+def test_gzip_fixture_replays(tmp_path):
+    import gzip
+
+    rec = {"method": "POST", "path": "/x", "body": {"i": 1}, "status": 200, "response": {"ok": 1}}
+    with gzip.open(tmp_path / "ex.jsonl.gz", "wt") as fh:
+        fh.write(json.dumps(rec) + "\n")
+    client = build_client("http://h/v1", mode="replay",
+                          store=FixtureStore(tmp_path / "ex.jsonl.gz", writable=False))
+    assert run(post(client, "/x", {"i": 1})) == (200, {"ok": 1})
+
+
+def test_credentials_never_reach_the_fixture(tmp_path):
+    secret = "sk-test-0123456789abcdefSECRET"
+    net = Network()
+
+    def leaky(request):  # an endpoint that echoes the key back in its body
+        net.calls.append(request)
+        return httpx.Response(200, json={"auth": request.headers["authorization"]})
+
+    path = tmp_path / "ex.jsonl"
+    client = build_client("http://h/v1", mode="record",
+                          store=FixtureStore(path, Redactor([secret])),
+                          headers={"Authorization": f"Bearer {secret}"},
+                          network=httpx.MockTransport(leaky))
+    run(post(client, "/x", {"prompt": f"my key is {secret}"}))
+    run(client.aclose())
+    assert net.calls[0].headers["authorization"] == f"Bearer {secret}"  # it was sent...
+    assert secret not in path.read_text()                              # ...never written
+    assert "<redacted>" in path.read_text()
+
+
+def test_request_key_ignores_host_and_orders_keys():
+    assert request_key("post", "/x", {"b": 1, "a": 2}) == request_key("POST", "/x",
+                                                                      {"a": 2, "b": 1})
+
+
+def test_retry_honours_retry_after_and_gives_up_fast_on_401(tmp_path):
+    net = Network(statuses=[429, 503, 200], headers={"retry-after-ms": "10"})
+    stats = TransportStats()
+    client = build_client("http://h/v1", mode="off", stats=stats,
+                          network=httpx.MockTransport(net),
+                          retry=RetryPolicy(attempts=4, base_delay=0.01))
+    status, body = run(post(client, "/x", {"i": 1}))
+    assert status == 200 and len(net.calls) == 3 and stats.retried == 2
+
+    net401 = Network(statuses=[401, 200])
+    client = build_client("http://h/v1", mode="off", network=httpx.MockTransport(net401),
+                          retry=RetryPolicy(attempts=4, base_delay=0.01))
+    status, _ = run(post(client, "/x", {"i": 1}))
+    assert status == 401 and len(net401.calls) == 1
+
+
+def test_retries_are_bounded():
+    net = Network(statuses=[500] * 10)
+    stats = TransportStats()
+    client = build_client("http://h/v1", mode="off", stats=stats,
+                          network=httpx.MockTransport(net),
+                          retry=RetryPolicy(attempts=3, base_delay=0.001))
+    status, _ = run(post(client, "/x", {}))
+    assert status == 500 and len(net.calls) == 3 and stats.failed == 1
