@@ -28,9 +28,10 @@ def continuation(prompt: str, n: int) -> list[str]:
 class FakeOpenAIServer:
     def __init__(self, *, model: str = "fake-model", logprobs: bool = True,
                  shape: str = "legacy", delay: float = 0.0, api_key: str | None = None,
-                 n_tokens: int = 12):
+                 n_tokens: int = 12, echo_auth: bool = False):
         self.model, self.with_logprobs, self.shape = model, logprobs, shape
         self.delay, self.api_key, self.n_tokens = delay, api_key, n_tokens
+        self.echo_auth = echo_auth  # a careless server that reflects the key in its answers
         self.counts: Counter[str] = Counter()
         self.auth_headers: list[str | None] = []
         self._lock = threading.Lock()
@@ -126,6 +127,9 @@ class FakeOpenAIServer:
                     self._send(404, {"error": {"message": f"model {body.get('model')} "
                                                           "does not exist"}})
                 else:
-                    self._send(200, server.completion(body))
+                    answer = server.completion(body)
+                    if server.echo_auth:
+                        answer["system_fingerprint"] = self.headers.get("authorization")
+                    self._send(200, answer)
 
         return Handler
