@@ -28,15 +28,23 @@ REASONS = {
 }
 
 
-def rebuilt_text(c: Completion) -> str | None:
+def rebuilt_text(c: Completion) -> str:
     """The continuation rebuilt from its tokens: bytes when given (they keep split UTF-8
-    characters whole), token strings otherwise. None when bytes do not decode."""
+    characters whole), token strings otherwise. Invalid bytes (a model can emit a lone
+    continuation byte) decode to U+FFFD, as servers do when they build the text."""
     if c.token_bytes is not None:
-        try:
-            return b"".join(bytes(b) for b in c.token_bytes).decode("utf-8")
-        except (UnicodeDecodeError, ValueError):
-            return None
+        return b"".join(bytes(b) for b in c.token_bytes).decode("utf-8", errors="replace")
     return "".join(c.tokens)
+
+
+def rebuilds(c: Completion) -> bool:
+    """Do the tokens rebuild the returned text? A length-capped completion may end inside a
+    character, whose partial bytes a server leaves out of the text."""
+    rebuilt = rebuilt_text(c)
+    if rebuilt == c.text:
+        return True
+    return (c.token_bytes is not None and c.finish_reason == "length"
+            and rebuilt.rstrip("\ufffd") == c.text)
 
 
 def assess(c: Completion) -> list[str]:
@@ -57,7 +65,7 @@ def assess(c: Completion) -> list[str]:
     if any(x <= SENTINEL or x > 1e-6 for x in vals) or (len(vals) > 1 and all(x == 0.0
                                                                               for x in vals)):
         reasons.append("sentinel_logprobs")
-    if rebuilt_text(c) != c.text:
+    if not rebuilds(c):
         reasons.append("text_mismatch")
     if c.top_logprobs and _not_greedy(lps, c.top_logprobs):
         reasons.append("not_greedy")

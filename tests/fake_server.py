@@ -16,8 +16,9 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven bright stars watch quietly "
-         "from distant hills and rivers sing of ancient cities built by patient hands").split()
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven",
+         "bright", "stars", "watch", "quietly", "from", "distant", "hills", "and", "rivers",
+         "sing", "of", "ancient", "cities", "built", "by", "patient", "hands"]
 
 
 def continuation(prompt: str, n: int) -> list[str]:
@@ -66,14 +67,15 @@ class FakeOpenAIServer:
                     pos += len(t)
                 choice["logprobs"] = {
                     "tokens": toks, "token_logprobs": lps, "text_offset": offsets,
-                    "top_logprobs": [{t: lp, " else": lp - 2.0} for t, lp in zip(toks, lps)]}
+                    "top_logprobs": [{t: lp, " else": lp - 2.0}
+                                     for t, lp in zip(toks, lps, strict=True)]}
             else:
                 choice["logprobs"] = {"content": [
                     {"token": t, "logprob": lp, "bytes": list(t.encode()),
                      "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())},
                                       {"token": " else", "logprob": lp - 2.0,
                                        "bytes": list(b" else")}]}
-                    for t, lp in zip(toks, lps)]}
+                    for t, lp in zip(toks, lps, strict=True)]}
         return {"id": "cmpl-fake", "object": "text_completion", "model": self.model,
                 "choices": [choice],
                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(toks)}}
