@@ -352,15 +352,20 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     run.write_manifest(manifest)
     stats = TransportStats()
     t0 = time.monotonic()
-    try:
-        info = asyncio.run(generate(cfg, todo, run, redactor, stats))
-    except BaseException:
-        manifest.update(status="interrupted", requests=stats.to_json())
-        run.write_manifest(manifest)
-        raise
-    manifest["endpoint"] = info
+    if todo:  # a finished run re-ranks without touching the network
+        try:
+            manifest["endpoint"] = asyncio.run(generate(cfg, todo, run, redactor, stats))
+        except BaseException:
+            manifest.update(status="interrupted", requests=stats.to_json())
+            run.write_manifest(manifest)
+            raise
+    # This invocation's requests; every invocation of a resumed run is kept in "sessions".
     manifest["requests"] = stats.to_json()
     manifest["generation_seconds"] = round(time.monotonic() - t0, 2)
+    manifest.setdefault("sessions", []).append({
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (
+            time.monotonic() - t_start))), "rows_requested": len(todo),
+        "requests": stats.to_json(), "generation_seconds": manifest["generation_seconds"]})
 
     wanted = {r.row_key for r in requests}
     completions = {k: c for k, c in run.load_completions().items() if k in wanted}

@@ -78,6 +78,7 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # GGUF dequantisation draws a bar of its own
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:  # GGUF dequantisation draws a progress bar of its own
         from transformers.utils import logging as hf_logging
