@@ -48,7 +48,8 @@ def main() -> None:
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                       "up_proj", "down_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    docs = [json.loads(line)["text"] for line in open(args.docs, encoding="utf-8")]
+    with open(args.docs, encoding="utf-8") as fh:
+        docs = [json.loads(line)["text"] for line in fh]
     eos = tok.eos_token_id
     encoded = [tok(d, add_special_tokens=False).input_ids[: args.max_len - 1] + [eos]
                for d in docs]
