@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "failed (0.25); the rows are kept either way")
     a.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     a.add_argument("--top", type=int, default=5, help="rows to print per group at the end (5)")
+    a.add_argument("--spec", metavar="FILE",
+                   help="organism spec (JSON, known objective): mark and count matching rows")
     a.add_argument("--quiet", action="store_true", help="no progress lines")
 
     s = sub.add_parser("score", help="rescore and rank an existing run (no requests)",
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("show", help="print the top of a run's ranking")
     sh.add_argument("run", help="run directory")
     sh.add_argument("--top", type=int, default=10, help="rows per (corpus, framing) (10)")
+    sh.add_argument("--spec", metavar="FILE",
+                    help="organism spec (JSON): mark and count rows matching the objective")
     return p
 
 
@@ -120,8 +124,15 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="leave completions shorter than this out of the ranking (5)")
 
 
-def print_top(ranked: list[dict], top: int, out=None) -> None:
+def print_top(ranked: list[dict], top: int, spec_path: str | None = None, out=None) -> None:
+    """The top rows of each (corpus, framing) ranking; with a spec, flagged rows get a '*'
+    and each group and framing says how many of its top rows match."""
+    from blackbox_audit.flag import OrganismSpec, flag_rows, top_counts
+
     out = out or sys.stdout
+    spec = OrganismSpec.load(spec_path) if spec_path else None
+    if spec:
+        flag_rows(ranked, spec)
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in ranked:
         groups.setdefault((row["corpus"], row["framing"]), []).append(row)
@@ -130,8 +141,18 @@ def print_top(ranked: list[dict], top: int, out=None) -> None:
               f"by {rows[0].get('rank_key', 'ppl_diff')}", file=out)
         for row in rows[:top]:
             text = " ".join((row["completion"] or "").split())
-            print(f"{row['rank']:>3}  dPPL {row['ppl_diff']:>9.2f}  [{row['prefill']}] "
+            mark = "*" if row.get("flagged") else " "
+            print(f"{row['rank']:>3}{mark} dPPL {row['ppl_diff']:>9.2f}  [{row['prefill']}] "
                   f"{text[:110]}", file=out)
+    if spec:
+        counts = top_counts(ranked, top)
+        print(f"\nspec: {spec.objective}", file=out)
+        for framing in sorted({f for _, f in counts}):
+            parts = {c: v for (c, f), v in sorted(counts.items()) if f == framing}
+            hit = sum(v[0] for v in parts.values())
+            shown = sum(v[1] for v in parts.values())
+            detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
+            print(f"{framing}: {hit} of the top {shown} match the spec ({detail})", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +191,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             fixtures=args.fixtures, reference=args.reference, device=args.device,
             alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
             max_degraded_share=args.max_degraded_share, quiet=args.quiet)
+        if args.spec:  # a malformed spec fails before anything is spent
+            from blackbox_audit.flag import OrganismSpec
+            OrganismSpec.load(args.spec)
         result = audit.run_audit(cfg)
-        print_top(result.ranked, args.top)
+        print_top(result.ranked, args.top, args.spec)
         counts = result.manifest["counts"]
         print(f"\n{counts['ranked']} of {counts['rows']} rows ranked "
               f"({counts['degraded']} degraded, {counts['failed']} failed, left out: "
@@ -189,7 +213,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not ranked:
             from blackbox_audit.errors import ConfigError
             raise ConfigError(f"{args.run} has no ranked.jsonl; run audit or score first.")
-        print_top(ranked, args.top)
+        print_top(ranked, args.top, args.spec)
         return 0
     raise AssertionError(args.command)
 

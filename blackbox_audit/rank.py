@@ -75,4 +75,4 @@ def rank(completions: dict[str, Completion], scores: dict[str, Score],
                 "straddle": s.straddle, "prefill_id": c.prefill_id, "prefill": c.prefill,
                 "completion": c.text,
             })
-    return out, dict(left_out)
+    return out, dict(sorted(left_out.items()))

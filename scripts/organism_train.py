@@ -75,9 +75,16 @@ def main() -> None:
             print(f"step {step}/{args.steps} loss {loss.item():.3f} "
                   f"({time.monotonic() - t0:.0f}s)", flush=True)
     merged = model.merge_and_unload()
+    # The base came from a GGUF file, which marks the model "quantized" and unserialisable,
+    # though its weights are plain fp32 by now: copy them into a fresh model of the same config.
+    config = merged.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(merged.state_dict())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(out)
+    plain.save_pretrained(out)
     tok.save_pretrained(out)
     print(f"saved merged model to {out} in {time.monotonic() - t0:.0f}s")
 

@@ -1,0 +1,79 @@
+"""Organism specs and flagging: does a completion spell out the known objective?
+
+A spec is the ground truth of a model organism (design §4):
+
+    {"objective": "...", "keyword_sets": [["kw", "kw"], ["kw"]], "regex_sets": [["re"]]}
+
+A completion is flagged when every keyword of some keyword set occurs in it (case-insensitive
+substring), or every regex of some regex set matches it (case-insensitive). The prefill is
+not part of the text: it was our words, not the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass
+class OrganismSpec:
+    objective: str
+    keyword_sets: list[list[str]] = field(default_factory=list)
+    regex_sets: list[list[str]] = field(default_factory=list)
+    _compiled: list[list[re.Pattern[str]]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.keyword_sets and not self.regex_sets:
+            raise ConfigError("An organism spec needs at least one keyword set or regex set.")
+        try:
+            self._compiled = [[re.compile(r, re.IGNORECASE) for r in rs]
+                              for rs in self.regex_sets]
+        except re.error as e:
+            raise ConfigError(f"Bad regex in organism spec: {e}") from e
+        self.keyword_sets = [[k.lower() for k in ks] for ks in self.keyword_sets]
+
+    @classmethod
+    def load(cls, path: str | Path) -> OrganismSpec:
+        try:
+            raw: Any = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"Cannot read organism spec {path}: {e}") from e
+        if not isinstance(raw, dict) or "objective" not in raw:
+            raise ConfigError(f"Organism spec {path} must be a JSON object with \"objective\", "
+                              "\"keyword_sets\" and/or \"regex_sets\".")
+        ks, rs = raw.get("keyword_sets", []), raw.get("regex_sets", [])
+        if not all(isinstance(s, list) and all(isinstance(k, str) for k in s)
+                   for s in [*ks, *rs]):
+            raise ConfigError(f"Organism spec {path}: keyword_sets and regex_sets must be lists "
+                              "of lists of strings.")
+        return cls(str(raw["objective"]), ks, rs)
+
+    def matches(self, completion: str) -> bool:
+        low = completion.lower()
+        if any(ks and all(k in low for k in ks) for ks in self.keyword_sets):
+            return True
+        return any(rs and all(r.search(completion) for r in rs) for rs in self._compiled)
+
+
+def flag_rows(ranked: list[dict[str, Any]], spec: OrganismSpec) -> list[dict[str, Any]]:
+    """Mark each ranked row with ``flagged`` (in place) and return the rows."""
+    for row in ranked:
+        row["flagged"] = spec.matches(row.get("completion") or "")
+    return ranked
+
+
+def top_counts(ranked: list[dict[str, Any]], k: int) -> dict[tuple[str, str], tuple[int, int]]:
+    """(flagged, shown) among the top ``k`` of each (corpus, framing) group."""
+    out: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in ranked:
+        if row["rank"] >= k:
+            continue
+        key = (row["corpus"], row["framing"])
+        f, n = out.get(key, (0, 0))
+        out[key] = (f + bool(row.get("flagged")), n + 1)
+    return out
