@@ -99,10 +99,15 @@ def test_base_against_itself_sits_at_the_noise_floor(served_base, tmp_path):
                                    per_corpus=7, quiet=True, concurrency=4))
     rows = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 42 and {r["framing"] for r in rows} == {"raw", "chat"}
+    empty = [r for r in rows if r["degraded"] == ["empty"]]  # the model may end at once
+    assert len(empty) <= 3
     for r in rows:
+        if r in empty:
+            continue
         assert r["error"] is None and r["degraded"] == [], r
         assert len(r["logprobs"]) == len(r["tokens"]) == len(r["token_ids"]) > 0
-        rebuilt = b"".join(bytes(b) for b in r["token_bytes"]).decode()
+        # A lone invalid byte (the model can emit one) is U+FFFD in the server's text too.
+        rebuilt = b"".join(bytes(b) for b in r["token_bytes"]).decode("utf-8", "replace")
         assert rebuilt == r["text"]
         for lp, top in zip(r["logprobs"], r["top_logprobs"], strict=True):
             assert lp >= max(t[1] for t in top) - 1e-3  # greedy: chosen = argmax
