@@ -12,6 +12,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+def _known_fields(cls: type, obj: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a record class present in ``obj``: rows written by a newer version with
+    extra fields still load."""
+    return {k: v for k, v in obj.items() if k in cls.__dataclass_fields__}
+
+
 def prefill_id(corpus: str, text: str) -> str:
     """A stable id for a prefill: the same text in the same corpus is the same prefill."""
     return hashlib.sha256(f"{corpus}\x00{text}".encode()).hexdigest()[:16]
@@ -99,8 +105,7 @@ class Completion:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Completion:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        return cls(**_known_fields(cls, obj))
 
     @classmethod
     def failed(cls, req: GenerationRequest, error: str) -> Completion:
@@ -143,8 +148,7 @@ class Score:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Score:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        return cls(**_known_fields(cls, obj))
 
 
 SCORE_KEYS = ("ppl_diff", "nll_diff", "bpb_diff")
