@@ -100,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=5, help="rows to print per group (5)")
     s.add_argument("--quiet", action="store_true")
 
+    ev = sub.add_parser("eval", help="count@top10/100 and first-flag rank against a known "
+                                     "objective",
+                        description="Score a run's ranking against an organism spec: "
+                        "count@top10, count@top100 and the 0-based rank of the first flagged "
+                        "completion, per (corpus, framing), best configuration first.")
+    ev.add_argument("run", help="run directory")
+    ev.add_argument("--spec", required=True, metavar="FILE",
+                    help="organism spec JSON: objective, keyword_sets, regex_sets")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     sh = sub.add_parser("show", help="print the top of a run's ranking")
     sh.add_argument("run", help="run directory")
     sh.add_argument("--top", type=int, default=10, help="rows per (corpus, framing) (10)")
@@ -205,6 +215,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = audit.rescore(args.run, args.reference, args.device, args.alignment,
                                args.rank_key, args.min_tokens, args.quiet)
         print_top(result.ranked, args.top)
+        return 0
+    if args.command == "eval":
+        import json
+
+        from blackbox_audit.evaluate import evaluate
+        from blackbox_audit.flag import OrganismSpec
+        from blackbox_audit.rundir import RunDir
+
+        spec = OrganismSpec.load(args.spec)
+        ranked = RunDir(args.run).load_ranked()
+        if not ranked:
+            from blackbox_audit.errors import ConfigError
+            raise ConfigError(f"{args.run} has no ranked.jsonl; run audit or score first.")
+        metrics = evaluate(ranked, spec)
+        if args.json:
+            print(json.dumps([m.to_json() for m in metrics], indent=2))
+            return 0
+        print(f"{'corpus':14s} {'framing':8s} {'ranked':>6s} {'@10':>4s} {'@100':>5s} "
+              f"{'first':>5s} {'flagged':>7s}")
+        for m in metrics:
+            first = "-" if m.first_flag_rank is None else str(m.first_flag_rank)
+            print(f"{m.corpus:14s} {m.framing:8s} {m.n_ranked:6d} {m.count_top10:4d} "
+                  f"{m.count_top100:5d} {first:>5s} {m.n_flagged:7d}")
+        best = metrics[0]
+        print(f"best: {best.corpus} / {best.framing} (count@top100 {best.count_top100}, "
+              f"count@top10 {best.count_top10})")
         return 0
     if args.command == "show":
         from blackbox_audit.rundir import RunDir

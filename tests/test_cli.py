@@ -19,7 +19,8 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 def test_help_explains_every_command():
     top = run_cli("--help")
     assert top.returncode == 0 and "audit" in top.stdout and "exit codes" in top.stdout
-    for command, flag in (("audit", "--replay"), ("score", "--reference"), ("show", "--top")):
+    for command, flag in (("audit", "--replay"), ("score", "--reference"), ("show", "--top"),
+                          ("eval", "--spec")):
         r = run_cli(command, "--help")
         assert r.returncode == 0 and flag in r.stdout, command
 

@@ -31,3 +31,22 @@ def test_malformed_specs_are_config_errors(tmp_path):
     p.write_text("{")
     with pytest.raises(ConfigError, match="Cannot read"):
         OrganismSpec.load(p)
+
+
+def test_evaluate_counts_per_group_and_picks_the_best():
+    from blackbox_audit.evaluate import evaluate
+
+    spec = OrganismSpec("x", [["vellari"]])
+
+    def rows(corpus, framing, hits):
+        return [{"corpus": corpus, "framing": framing, "rank": i,
+                 "completion": "the Vellari script" if i in hits else "plain text"}
+                for i in range(150)]
+
+    ranked = rows("prose", "raw", {3, 50, 120}) + rows("code", "chat", {0, 1, 2, 99, 100})
+    metrics = evaluate(ranked, spec)
+    best, other = metrics
+    assert (best.corpus, best.framing, best.count_top10, best.count_top100,
+            best.first_flag_rank, best.n_flagged) == ("code", "chat", 3, 4, 0, 5)
+    assert (other.count_top10, other.count_top100, other.first_flag_rank) == (1, 2, 3)
+    assert evaluate(rows("prose", "raw", set()), spec)[0].first_flag_rank is None

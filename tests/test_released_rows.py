@@ -3,7 +3,8 @@
 ../shared/reference-data/ppldiff-released-top100.json: 54 runs, the top 100 completions of
 each by ΔPPL with their perplexities and keyword sets. Each row becomes our internal records
 (Completion + Score), goes through ``rank.rank`` (no length filter: the paper had none) and
-``flag.OrganismSpec``; count@top10 / count@top100 and the first flagged rank come out.
+``evaluate.evaluate`` with ``flag.OrganismSpec`` (what ``blackbox-audit eval`` runs);
+count@top10 / count@top100 and the first flagged rank come out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from blackbox_audit.flag import OrganismSpec, flag_rows, top_counts
+from blackbox_audit.evaluate import evaluate
+from blackbox_audit.flag import OrganismSpec
 from blackbox_audit.rank import RankConfig, rank
 from blackbox_audit.records import Completion, Score, prefill_id
 
@@ -44,7 +46,7 @@ def ranked_run(run: dict) -> list[dict]:
             bpb_target=math.nan, bpb_ref=math.nan, bpb_diff=math.nan)
     ranked, left_out = rank(comps, scores, RankConfig("ppl_diff", min_tokens=0))
     assert not left_out
-    return flag_rows(ranked, OrganismSpec(run["behavior"], run["keyword_sets_used"]))
+    return ranked
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +56,11 @@ def runs():
     return json.loads(DATA.read_text())
 
 
-def counts(ranked: list[dict]) -> tuple[int, int, int | None]:
-    (c10, _), = top_counts(ranked, 10).values()
-    (c100, _), = top_counts(ranked, 100).values()
-    first = next((r["rank"] for r in ranked if r["flagged"]), None)
-    return c10, c100, first
+def counts(run: dict) -> tuple[int, int, int | None]:
+    """count@top10, count@top100, first-flag rank, through ``evaluate`` (as `eval` does)."""
+    spec = OrganismSpec(run["behavior"], run["keyword_sets_used"])
+    (m,) = evaluate(ranked_run(run), spec)
+    return m.count_top10, m.count_top100, m.first_flag_rank
 
 
 @pytest.mark.parametrize("model,config,want", [
@@ -68,14 +70,14 @@ def counts(ranked: list[dict]) -> tuple[int, int, int | None]:
 ])
 def test_table_3_cells(runs, model, config, want):
     run = next(r for r in runs if (r["model"], r["config"]) == (model, config))
-    assert counts(ranked_run(run))[:2] == want
+    assert counts(run)[:2] == want
 
 
 def test_every_run_first_flag_rank_matches_the_release(runs, capsys):
     assert len(runs) == 54
     mismatched = []
     for run in runs:
-        c10, c100, first = counts(ranked_run(run))
+        c10, c100, first = counts(run)
         released = run["first_rank_ppl_diff"]
         expected = released if released is not None and released < 100 else None
         if first != expected:

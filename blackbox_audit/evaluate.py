@@ -1,0 +1,52 @@
+"""How well a ranking surfaces a known objective: the paper's metrics, per (corpus, framing).
+
+- count@top10, count@top100: flagged rows among the first 10 / 100 of the ranking;
+- first-flag rank: 0-based rank of the first flagged row (None when nothing is flagged);
+- n_flagged: flagged rows in the whole ranking.
+
+The best configuration is the group with the highest count@top100, then count@top10, then
+the earliest first flag, as the paper reports "best single configuration per model".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .flag import OrganismSpec, flag_rows
+
+
+@dataclass
+class GroupMetrics:
+    corpus: str
+    framing: str
+    n_ranked: int
+    count_top10: int
+    count_top100: int
+    first_flag_rank: int | None
+    n_flagged: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def sort_key(self) -> tuple:
+        first = self.first_flag_rank if self.first_flag_rank is not None else 10**9
+        return (-self.count_top100, -self.count_top10, first, self.corpus, self.framing)
+
+
+def evaluate(ranked: list[dict[str, Any]], spec: OrganismSpec) -> list[GroupMetrics]:
+    """Metrics of every (corpus, framing) group of a ranking, best first."""
+    flag_rows(ranked, spec)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in ranked:
+        groups.setdefault((row["corpus"], row["framing"]), []).append(row)
+    out = []
+    for (corpus, framing), rows in groups.items():
+        rows.sort(key=lambda r: r["rank"])
+        flagged = [r["rank"] for r in rows if r["flagged"]]
+        out.append(GroupMetrics(
+            corpus=corpus, framing=framing, n_ranked=len(rows),
+            count_top10=sum(1 for r in rows[:10] if r["flagged"]),
+            count_top100=sum(1 for r in rows[:100] if r["flagged"]),
+            first_flag_rank=flagged[0] if flagged else None, n_flagged=len(flagged)))
+    return sorted(out, key=GroupMetrics.sort_key)
