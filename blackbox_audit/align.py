@@ -78,6 +78,15 @@ class TokenizerView:
         self._cache: dict[int, bytes] = {}
 
     @cached_property
+    def unencodable_bytes(self) -> frozenset[int]:
+        """Bytes a byte-level vocabulary has no token for (SmolLM2's lacks a few control
+        bytes): text containing them cannot be scored by this reference, only reported."""
+        if not self.byte_level:
+            return frozenset()
+        vocab = self.tok.get_vocab()
+        return frozenset(b for b, ch in _bytes_to_unicode().items() if ch not in vocab)
+
+    @cached_property
     def adds_bos(self) -> bool:
         bos = self.tok.bos_token_id
         ids = self.tok("a").input_ids
@@ -161,8 +170,14 @@ def align_text(view: TokenizerView, context: str,
     full = context + continuation
     enc = view.tok(full, add_special_tokens=True, return_offsets_mapping=True)
     ids: list[int] = list(enc.input_ids)
-    spans = _byte_spans(view, ids, full) or _spans_from_offsets(full, ids,
-                                                                 enc.offset_mapping, view)
+    spans = _byte_spans(view, ids, full)
+    if not spans:
+        if view.byte_level:  # exact bytes are known: a mismatch means lost text, not offsets
+            missing = sorted(set(full.encode()) & view.unencodable_bytes)
+            why = (f"; its vocabulary has no token for byte(s) {', '.join(map(hex, missing))}"
+                   if missing else "")
+            raise AlignmentError(f"the reference's tokens do not rebuild the text{why}")
+        spans = _spans_from_offsets(full, ids, enc.offset_mapping, view)
     boundary = len(context.encode())
     start = next((k for k, (s, e) in enumerate(spans) if e > boundary and e > s), len(ids))
     if start == 0:
@@ -178,7 +193,11 @@ def align_text(view: TokenizerView, context: str,
     covered = sum(max(0, e - max(s, boundary)) for s, e in spans[start:])
     n_bytes = len(continuation.encode())
     if covered < n_bytes:
-        raise AlignmentError(f"reference tokens cover {covered} of {n_bytes} continuation bytes")
+        missing = sorted(set(continuation.encode()) & view.unencodable_bytes)
+        why = (f"; its vocabulary has no token for byte(s) {', '.join(map(hex, missing))}"
+               if missing else "")
+        raise AlignmentError(f"reference tokens cover {covered} of {n_bytes} continuation "
+                             f"bytes{why}")
     pieces = [view.token_bytes(i).decode("utf-8", errors="replace") for i in ids[start:]]
     return ScoringItem(ids=ids, start=start, alignment="text", n_bytes=n_bytes,
                        straddle=straddle, ref_tokens=pieces)
