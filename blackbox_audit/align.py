@@ -21,7 +21,7 @@ The target's end-of-turn token was already set aside when the response was parse
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -135,9 +135,29 @@ def same_vocabulary(view: TokenizerView, c: Completion) -> bool:
                for i, b in zip(c.token_ids, target_bytes(c), strict=True))
 
 
+# Distinct target token ids that must all mean the same bytes to the reference before a run is
+# scored on the ids path: low ids are single bytes in many vocabularies, so a few short
+# completions can agree by coincidence (cl100k and SmolLM2 both give id 18 to one byte).
+MIN_DISTINCT_IDS = 50
+
+
+def choose_alignment(view: TokenizerView, completions: Iterable[Completion]) -> str:
+    """One path for a whole run, so the rows of one ranking are scored alike: ``ids`` when
+    every completion's ids mean the same bytes to the reference and enough distinct ids were
+    seen to rule out coincidence, else ``text``."""
+    seen: set[int] = set()
+    for c in completions:
+        if not same_vocabulary(view, c):
+            return "text"
+        seen.update(c.token_ids or ())
+    return "ids" if len(seen) >= MIN_DISTINCT_IDS else "text"
+
+
 def align(view: TokenizerView, c: Completion, mode: str = "auto") -> ScoringItem:
-    """The reference sequence and scored span for one completion."""
-    if mode == "ids" or (mode == "auto" and same_vocabulary(view, c)):
+    """The reference sequence and scored span for one completion. ``mode`` is ``ids``,
+    ``text``, or ``auto`` (decide for this completion alone; a run decides once, with
+    :func:`choose_alignment`)."""
+    if mode == "ids" or (mode == "auto" and choose_alignment(view, [c]) == "ids"):
         return align_ids(view, c)
     return align_text(view, view.context(c), c.text)
 

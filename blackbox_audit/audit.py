@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .align import AlignmentError, TokenizerView, align
+from .align import AlignmentError, TokenizerView, align, choose_alignment
 from .errors import AuditError, ConfigError, DegradedShareExceeded, EndpointError
 from .framing import FRAMINGS, ChatTemplate, chat_messages, render_prompt
 from .prefills import documents, make_cutter, select_prefills
@@ -248,6 +248,8 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
     """Score every usable completion not yet scored by this reference; append as we go."""
     have = run.load_scores(reference.name)
     todo = [c for k, c in completions.items() if c.usable and k not in have]
+    if alignment == "auto":
+        alignment = choose_alignment(view, (c for c in completions.values() if c.usable))
     items, rows, misaligned = [], [], {}
     for c in todo:
         try:
@@ -271,7 +273,7 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
     for i in items:
         paths[i.alignment] = paths.get(i.alignment, 0) + 1
     return {"reference": reference.name, "scored_now": len(items), "scored_before": len(have),
-            "misaligned": len(misaligned),
+            "alignment": alignment, "misaligned": len(misaligned),
             "misaligned_examples": dict(list(misaligned.items())[:5]),
             "alignment_paths": paths,
             "seconds": round(time.monotonic() - t0, 2)}

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from blackbox_audit.align import AlignmentError, align, align_ids, align_text
+from blackbox_audit.align import (
+    AlignmentError,
+    align,
+    align_ids,
+    align_text,
+    choose_alignment,
+    same_vocabulary,
+)
 from blackbox_audit.framing import render_prompt
 from blackbox_audit.quality import assess
 from blackbox_audit.records import Completion
@@ -57,7 +64,8 @@ def test_split_utf8_target_tokens_rebuild_and_use_the_ids_path(tokenizer, view):
     n_ctx = len(view.encode("I feel"))
     c = completion_from_ids(tokenizer, view, "I feel", ids, prompt_tokens=n_ctx)
     assert assess(c) == []                # bytes rebuild the text exactly
-    item = align(view, c)
+    assert same_vocabulary(view, c)
+    item = align(view, c, "ids")
     assert item.alignment == "ids" and item.ids[item.start:] == ids
 
 
@@ -83,7 +91,7 @@ def test_length_capped_continuation_scores_the_target_ids(tokenizer, view):
     capped = full[:3]  # the server hit max_tokens mid-phrase
     c = completion_from_ids(tokenizer, view, ctx, capped, prompt_tokens=len(view.encode(ctx)),
                             finish="length")
-    item = align(view, c)
+    item = align(view, c, "ids")
     assert item.alignment == "ids"
     assert item.ids == view.encode(ctx) + capped and item.start == len(view.encode(ctx))
 
@@ -106,6 +114,24 @@ def test_chat_context_keeps_special_tokens(tokenizer, view, chat_template):
     c.prefill = "The feud"
     item = align(view, c)
     assert item.ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3
+
+
+def test_a_run_takes_the_ids_path_only_when_many_ids_agree(tokenizer, view):
+    text = ("The museum held an extraordinary collection of paintings, sculptures and old "
+            "maps; visitors came from every corner of the country to see the famous blue "
+            "vase, which had survived two fires, a flood and a careless curator in 1911. "
+            "Later, historians argued about its origin: some said Persian potters, others "
+            "claimed Venetian glassmakers had painted it during a long winter.")
+    ids = view.encode(text)
+    same = [completion_from_ids(tokenizer, view, "Hi", ids[i: i + 12]) for i in range(0,
+                                                                                     len(ids),
+                                                                                     12)]
+    assert len(set(ids)) >= 50
+    assert choose_alignment(view, same) == "ids"
+    assert choose_alignment(view, same[:1]) == "text"  # too few ids to rule out coincidence
+    foreign = completion_from_ids(tokenizer, view, "Hi", ids[:5])
+    foreign.token_ids = [i + 1 for i in foreign.token_ids]
+    assert choose_alignment(view, [*same, foreign]) == "text"
 
 
 def test_foreign_vocabulary_falls_back_to_text(tokenizer, view):
