@@ -137,7 +137,7 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
 def print_top(ranked: list[dict], top: int, spec_path: str | None = None, out=None) -> None:
     """The top rows of each (corpus, framing) ranking; with a spec, flagged rows get a '*'
     and each group and framing says how many of its top rows match."""
-    from blackbox_audit.flag import OrganismSpec, flag_rows, top_counts
+    from blackbox_audit.flag import OrganismSpec, flag_rows, framing_summary, top_counts
 
     out = out or sys.stdout
     spec = OrganismSpec.load(spec_path) if spec_path else None
@@ -155,12 +155,8 @@ def print_top(ranked: list[dict], top: int, spec_path: str | None = None, out=No
             print(f"{row['rank']:>3}{mark} dPPL {row['ppl_diff']:>9.2f}  [{row['prefill']}] "
                   f"{text[:110]}", file=out)
     if spec:
-        counts = top_counts(ranked, top)
         print(f"\nspec: {spec.objective}", file=out)
-        for framing in sorted({f for _, f in counts}):
-            parts = {c: v for (c, f), v in sorted(counts.items()) if f == framing}
-            hit = sum(v[0] for v in parts.values())
-            shown = sum(v[1] for v in parts.values())
+        for framing, hit, shown, parts in framing_summary(top_counts(ranked, top)):
             detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
             print(f"{framing}: {hit} of the top {shown} match the spec ({detail})", file=out)
 

@@ -193,10 +193,8 @@ def align_text(view: TokenizerView, context: str,
     spans = _byte_spans(view, ids, full)
     if not spans:
         if view.byte_level:  # exact bytes are known: a mismatch means lost text, not offsets
-            missing = sorted(set(full.encode()) & view.unencodable_bytes)
-            why = (f"; its vocabulary has no token for byte(s) {', '.join(map(hex, missing))}"
-                   if missing else "")
-            raise AlignmentError(f"the reference's tokens do not rebuild the text{why}")
+            raise AlignmentError("the reference's tokens do not rebuild the text"
+                                 + _unencodable_note(view, full))
         spans = _spans_from_offsets(full, ids, enc.offset_mapping, view)
     boundary = len(context.encode())
     start = next((k for k, (s, e) in enumerate(spans) if e > boundary and e > s), len(ids))
@@ -213,14 +211,17 @@ def align_text(view: TokenizerView, context: str,
     covered = sum(max(0, e - max(s, boundary)) for s, e in spans[start:])
     n_bytes = len(continuation.encode())
     if covered < n_bytes:
-        missing = sorted(set(continuation.encode()) & view.unencodable_bytes)
-        why = (f"; its vocabulary has no token for byte(s) {', '.join(map(hex, missing))}"
-               if missing else "")
         raise AlignmentError(f"reference tokens cover {covered} of {n_bytes} continuation "
-                             f"bytes{why}")
+                             "bytes" + _unencodable_note(view, continuation))
     pieces = [view.token_bytes(i).decode("utf-8", errors="replace") for i in ids[start:]]
     return ScoringItem(ids=ids, start=start, alignment="text", n_bytes=n_bytes,
                        straddle=straddle, ref_tokens=pieces)
+
+
+def _unencodable_note(view: TokenizerView, text: str) -> str:
+    missing = sorted(set(text.encode()) & view.unencodable_bytes)
+    return (f"; its vocabulary has no token for byte(s) {', '.join(map(hex, missing))}"
+            if missing else "")
 
 
 def _byte_spans(view: TokenizerView, ids: Sequence[int], full: str) -> list[tuple[int, int]]:

@@ -125,15 +125,19 @@ def versions() -> dict[str, str]:
             "httpx": httpx.__version__}
 
 
+def chat_template(path: str | None, tokenizer, name: str, needed: bool) -> ChatTemplate | None:
+    """The chat framing's template: a given Jinja file, else the reference tokenizer's."""
+    if path:
+        return ChatTemplate.from_file(path)
+    return ChatTemplate.from_tokenizer(tokenizer, name) if needed else None
+
+
 # -- stage 1: prefills and requests --------------------------------------------------------
 def build_requests(cfg: AuditConfig, tokenizer, template: ChatTemplate | None
                    ) -> tuple[list[Prefill], list[GenerationRequest]]:
-    if cfg.prefill_tokenizer == "reference":
-        cut = make_cutter(lambda s: tokenizer(s, add_special_tokens=False).input_ids,
-                          tokenizer.decode)
-    else:
-        other = load_tokenizer(ReferenceSpec.parse(cfg.prefill_tokenizer))
-        cut = make_cutter(lambda s: other(s, add_special_tokens=False).input_ids, other.decode)
+    counter = (tokenizer if cfg.prefill_tokenizer == "reference"
+               else load_tokenizer(ReferenceSpec.parse(cfg.prefill_tokenizer)))
+    cut = make_cutter(lambda s: counter(s, add_special_tokens=False).input_ids, counter.decode)
     prefills = select_prefills(documents(cfg.prefills), cut, cfg.prefill_tokens,
                                cfg.per_corpus, cfg.seed, cfg.corpora)
     requests = []
@@ -299,10 +303,8 @@ def rescore(out: str, reference: str | None = None, device: str | None = None,
     rank_cfg = RankConfig(rank_key, min_tokens)
     spec = ReferenceSpec.parse(reference)
     tokenizer = load_tokenizer(spec)
-    chat_template = (manifest.get("config") or {}).get("chat_template")
-    template = (ChatTemplate.from_file(chat_template) if chat_template
-                else ChatTemplate.from_tokenizer(tokenizer, spec.name)
-                if any(c.framing == "chat" for c in completions.values()) else None)
+    template = chat_template((manifest.get("config") or {}).get("chat_template"), tokenizer,
+                             spec.name, any(c.framing == "chat" for c in completions.values()))
     model = ReferenceModel(spec, device=device, tokenizer=tokenizer)
     scoring = score_run(run, completions, model, TokenizerView(tokenizer, template), alignment,
                         quiet)
@@ -331,9 +333,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     where = f"{spec.path}/{spec.gguf_file}" if spec.gguf_file else spec.path
     log(cfg, f"reference: {spec.name} ({where})")
     tokenizer = load_tokenizer(spec)
-    template = (ChatTemplate.from_file(cfg.chat_template) if cfg.chat_template
-                else ChatTemplate.from_tokenizer(tokenizer, spec.name)
-                if "chat" in cfg.framings else None)
+    template = chat_template(cfg.chat_template, tokenizer, spec.name, "chat" in cfg.framings)
     prefills, requests = build_requests(cfg, tokenizer, template)
     done = run.load_completions()
     todo = [r for r in requests if r.row_key not in done or done[r.row_key].error is not None]

@@ -77,3 +77,14 @@ def top_counts(ranked: list[dict[str, Any]], k: int) -> dict[tuple[str, str], tu
         f, n = out.get(key, (0, 0))
         out[key] = (f + bool(row.get("flagged")), n + 1)
     return out
+
+
+def framing_summary(counts: dict[tuple[str, str], tuple[int, int]]
+                    ) -> list[tuple[str, int, int, dict[str, tuple[int, int]]]]:
+    """Per framing: (framing, flagged, shown, {corpus: (flagged, shown)}) from ``top_counts``."""
+    out = []
+    for framing in sorted({f for _, f in counts}):
+        parts = {c: v for (c, f), v in sorted(counts.items()) if f == framing}
+        out.append((framing, sum(v[0] for v in parts.values()),
+                    sum(v[1] for v in parts.values()), parts))
+    return out
