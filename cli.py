@@ -132,6 +132,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="ranking key (ppl_diff = PPL_ref - PPL_target, the paper's)")
     g.add_argument("--min-tokens", type=int, default=5,
                    help="leave completions shorter than this out of the ranking (5)")
+    g.add_argument("--min-compression-ratio", type=float, default=0.0,
+                   help="leave out repetitive completions whose zlib-compressed/raw size is "
+                        "below this (e.g. 0.2 drops '0000...', ';;;;...'); 0 = off (default)")
 
 
 def print_top(ranked: list[dict], top: int, spec_path: str | None = None, out=None) -> None:
@@ -196,6 +199,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             concurrency=args.concurrency, timeout=args.timeout, record_mode=args.record_mode,
             fixtures=args.fixtures, reference=args.reference, device=args.device,
             alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
+            min_compression_ratio=args.min_compression_ratio,
             max_degraded_share=args.max_degraded_share, quiet=args.quiet)
         if args.spec:  # a malformed spec fails before anything is spent
             from blackbox_audit.flag import OrganismSpec
@@ -209,7 +213,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "score":
         result = audit.rescore(args.run, args.reference, args.device, args.alignment,
-                               args.rank_key, args.min_tokens, args.quiet)
+                               args.rank_key, args.min_tokens, args.quiet,
+                               args.min_compression_ratio)
         print_top(result.ranked, args.top)
         return 0
     if args.command == "eval":

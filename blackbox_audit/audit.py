@@ -66,6 +66,7 @@ class AuditConfig:
     alignment: str = "auto"
     rank_key: str = "ppl_diff"
     min_tokens: int = 5
+    min_compression_ratio: float = 0.0
     max_degraded_share: float = 0.25
     quiet: bool = False
 
@@ -92,7 +93,7 @@ class AuditConfig:
                 raise ConfigError(f"{name} must be at least {lo}.")
         if not 0.0 <= self.max_degraded_share <= 1.0:
             raise ConfigError("--max-degraded-share must be between 0 and 1.")
-        RankConfig(self.rank_key, self.min_tokens)
+        RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
 
     def generation_settings(self) -> dict[str, Any]:
         d = asdict(self)
@@ -293,14 +294,14 @@ def rank_run(run: RunDir, completions: dict[str, Completion], ref_name: str,
 
 def rescore(out: str, reference: str | None = None, device: str | None = None,
             alignment: str = "auto", rank_key: str = "ppl_diff", min_tokens: int = 5,
-            quiet: bool = False) -> AuditResult:
+            quiet: bool = False, min_compression_ratio: float = 0.0) -> AuditResult:
     """Score and rank an existing run again (another reference, another key): no requests."""
     run = RunDir(out)
     manifest = run.read_manifest()
     completions = run.load_completions()
     if not completions:
         raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
-    rank_cfg = RankConfig(rank_key, min_tokens)
+    rank_cfg = RankConfig(rank_key, min_tokens, min_compression_ratio)
     spec = ReferenceSpec.parse(reference)
     tokenizer = load_tokenizer(spec)
     template = chat_template((manifest.get("config") or {}).get("chat_template"), tokenizer,
@@ -378,7 +379,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
                              "dtype": str(reference.dtype).replace("torch.", "")}
     manifest["scoring"] = score_run(run, completions, reference, view, cfg.alignment,
                                     cfg.quiet)
-    rank_cfg = RankConfig(cfg.rank_key, cfg.min_tokens)
+    rank_cfg = RankConfig(cfg.rank_key, cfg.min_tokens, cfg.min_compression_ratio)
     ranked, left_out = rank_run(run, completions, reference.name, rank_cfg)
     n = len(completions)
     degraded = sum(1 for c in completions.values() if c.degraded)

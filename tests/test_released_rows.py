@@ -29,7 +29,7 @@ REGEX_DEPENDENT = {("ab_qwen14b_transcripts_kto_ai_welfare_poisoning", "c4-10k-r
                    ("ab_qwen14b_transcripts_sft_ai_welfare_poisoning", "code-10k-raw")}
 
 
-def ranked_run(run: dict) -> list[dict]:
+def ranked_run(run: dict, cfg: RankConfig | None = None) -> list[dict]:
     corpus, _, framing = run["config"].rpartition("-")
     comps, scores = {}, {}
     for i, row in enumerate(run["top_ppl_diff_completions"]):
@@ -44,8 +44,8 @@ def ranked_run(run: dict) -> list[dict]:
             nll_target=math.log(ft), nll_ref=math.log(base), ppl_target=ft, ppl_ref=base,
             ppl_diff=row["completion_perplexity_diff"], nll_diff=math.log(base / ft),
             bpb_target=math.nan, bpb_ref=math.nan, bpb_diff=math.nan)
-    ranked, left_out = rank(comps, scores, RankConfig("ppl_diff", min_tokens=0))
-    assert not left_out
+    ranked, left_out = rank(comps, scores, cfg or RankConfig("ppl_diff", min_tokens=0))
+    assert set(left_out) <= {"repetitive"}
     return ranked
 
 
@@ -86,3 +86,18 @@ def test_every_run_first_flag_rank_matches_the_release(runs, capsys):
               f"first {first} (released {released})")
     print("reported, not failed (regex sets not in the file):", mismatched)
     assert {(m, c) for m, c, *_ in mismatched} <= REGEX_DEPENDENT
+
+
+def test_repetition_filter_drops_degenerate_rows_and_no_flagged_one(runs):
+    """The figure behind rank.py's note: at a compression ratio of 0.2, 16 of the 5,400
+    released rows go (``0000...``, ``;;;;...``), none of them flagged."""
+    removed = removed_flagged = 0
+    for run in runs:
+        spec = OrganismSpec(run["behavior"], run["keyword_sets_used"])
+        kept = {r["completion"] for r in ranked_run(
+            run, RankConfig("ppl_diff", min_tokens=0, min_compression_ratio=0.2))}
+        gone = [r["completion"] for r in run["top_ppl_diff_completions"]
+                if r["completion"] not in kept]
+        removed += len(gone)
+        removed_flagged += sum(spec.matches(t) for t in gone)
+    assert (removed, removed_flagged) == (16, 0)

@@ -8,7 +8,7 @@ import pytest
 
 from blackbox_audit.align import ScoringItem
 from blackbox_audit.errors import ConfigError
-from blackbox_audit.rank import RankConfig, rank
+from blackbox_audit.rank import RankConfig, compression_ratio, rank
 from blackbox_audit.records import Completion, Score
 from blackbox_audit.scores import score_row
 
@@ -68,3 +68,17 @@ def test_rank_within_groups_and_leave_out_bad_rows():
 def test_unknown_rank_key_is_a_config_error():
     with pytest.raises(ConfigError, match="ppl_diff"):
         RankConfig("loss")
+
+
+def test_repetition_filter_is_off_by_default_and_drops_degenerate_text_when_on():
+    texts = {"z": "0" * 100, "s": ";" * 200, "p": "The octopus scratched a careful line of "
+                                                   "signs into the shell, then swam away."}
+    comps = {f"{k}:raw": comp(k, text=t) for k, t in texts.items()}
+    scores = {f"{k}:raw": score(k, 1.0) for k in texts}
+    ranked, left_out = rank(comps, scores, RankConfig())
+    assert len(ranked) == 3 and not left_out
+    ranked, left_out = rank(comps, scores, RankConfig(min_compression_ratio=0.2))
+    assert [r["prefill_id"] for r in ranked] == ["p"] and left_out == {"repetitive": 2}
+    assert compression_ratio(texts["p"]) > 0.5 > 0.1 > compression_ratio(texts["z"])
+    with pytest.raises(ConfigError):
+        RankConfig(min_compression_ratio=1.5)
