@@ -137,13 +137,12 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                         "below this (e.g. 0.2 drops '0000...', ';;;;...'); 0 = off (default)")
 
 
-def print_top(ranked: list[dict], top: int, spec_path: str | None = None, out=None) -> None:
-    """The top rows of each (corpus, framing) ranking; with a spec, flagged rows get a '*'
-    and each group and framing says how many of its top rows match."""
-    from blackbox_audit.flag import OrganismSpec, flag_rows, framing_summary, top_counts
+def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
+    """The top rows of each (corpus, framing) ranking; with an OrganismSpec, flagged rows get
+    a '*' and each group and framing says how many of its top rows match."""
+    from blackbox_audit.flag import flag_rows, framing_summary, top_counts
 
     out = out or sys.stdout
-    spec = OrganismSpec.load(spec_path) if spec_path else None
     if spec:
         flag_rows(ranked, spec)
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -162,6 +161,23 @@ def print_top(ranked: list[dict], top: int, spec_path: str | None = None, out=No
         for framing, hit, shown, parts in framing_summary(top_counts(ranked, top)):
             detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
             print(f"{framing}: {hit} of the top {shown} match the spec ({detail})", file=out)
+
+
+def _spec(path: str | None):
+    """The organism spec, loaded (and so checked) before anything is spent."""
+    from blackbox_audit.flag import OrganismSpec
+
+    return OrganismSpec.load(path) if path else None
+
+
+def _ranked(run: str) -> list[dict]:
+    from blackbox_audit.errors import ConfigError
+    from blackbox_audit.rundir import RunDir
+
+    ranked = RunDir(run).load_ranked()
+    if not ranked:
+        raise ConfigError(f"{run} has no ranked.jsonl; run audit or score first.")
+    return ranked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,11 +217,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
             min_compression_ratio=args.min_compression_ratio,
             max_degraded_share=args.max_degraded_share, quiet=args.quiet)
-        if args.spec:  # a malformed spec fails before anything is spent
-            from blackbox_audit.flag import OrganismSpec
-            OrganismSpec.load(args.spec)
+        spec = _spec(args.spec)
         result = audit.run_audit(cfg)
-        print_top(result.ranked, args.top, args.spec)
+        print_top(result.ranked, args.top, spec)
         counts = result.manifest["counts"]
         print(f"\n{counts['ranked']} of {counts['rows']} rows ranked "
               f"({counts['degraded']} degraded, {counts['failed']} failed, left out: "
@@ -221,15 +235,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         import json
 
         from blackbox_audit.evaluate import evaluate
-        from blackbox_audit.flag import OrganismSpec
-        from blackbox_audit.rundir import RunDir
 
-        spec = OrganismSpec.load(args.spec)
-        ranked = RunDir(args.run).load_ranked()
-        if not ranked:
-            from blackbox_audit.errors import ConfigError
-            raise ConfigError(f"{args.run} has no ranked.jsonl; run audit or score first.")
-        metrics = evaluate(ranked, spec)
+        metrics = evaluate(_ranked(args.run), _spec(args.spec))
         if args.json:
             print(json.dumps([m.to_json() for m in metrics], indent=2))
             return 0
@@ -244,13 +251,8 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"count@top10 {best.count_top10})")
         return 0
     if args.command == "show":
-        from blackbox_audit.rundir import RunDir
-
-        ranked = RunDir(args.run).load_ranked()
-        if not ranked:
-            from blackbox_audit.errors import ConfigError
-            raise ConfigError(f"{args.run} has no ranked.jsonl; run audit or score first.")
-        print_top(ranked, args.top, args.spec)
+        spec = _spec(args.spec)
+        print_top(_ranked(args.run), args.top, spec)
         return 0
     raise AssertionError(args.command)
 

@@ -93,7 +93,10 @@ class AuditConfig:
                 raise ConfigError(f"{name} must be at least {lo}.")
         if not 0.0 <= self.max_degraded_share <= 1.0:
             raise ConfigError("--max-degraded-share must be between 0 and 1.")
-        RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
+        self.rank_config()
+
+    def rank_config(self) -> RankConfig:
+        return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
 
     def generation_settings(self) -> dict[str, Any]:
         d = asdict(self)
@@ -379,7 +382,7 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
                              "dtype": str(reference.dtype).replace("torch.", "")}
     manifest["scoring"] = score_run(run, completions, reference, view, cfg.alignment,
                                     cfg.quiet)
-    rank_cfg = RankConfig(cfg.rank_key, cfg.min_tokens, cfg.min_compression_ratio)
+    rank_cfg = cfg.rank_config()
     ranked, left_out = rank_run(run, completions, reference.name, rank_cfg)
     n = len(completions)
     degraded = sum(1 for c in completions.values() if c.degraded)

@@ -80,7 +80,7 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TQDM_DISABLE", "1")  # GGUF dequantisation draws a bar of its own
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:  # GGUF dequantisation draws a progress bar of its own
+    try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()

@@ -15,18 +15,23 @@ OUT="build/$NAME"
 scripts/setup.sh
 .venv/bin/python -m pip -q --disable-pip-version-check install -e ".[organism]"
 mkdir -p "$OUT"
-step() { local t=$SECONDS; "$@"; echo "[time] $(basename "$2" 2>/dev/null || echo "$1"): $((SECONDS - t)) s" >&2; }
+step() {  # step LABEL COMMAND...: run it and print its wall time
+  local label=$1 t=$SECONDS; shift
+  "$@"
+  echo "[time] $label: $((SECONDS - t)) s" >&2
+}
+convert() {
+  local src
+  src="$(scripts/build_llama_server.sh --src-only)/vendor/llama.cpp"
+  PYTHONPATH="$src/gguf-py" .venv/bin/python "$src/convert_hf_to_gguf.py" "$OUT/hf" \
+    --outfile "$OUT/$NAME.gguf" --outtype f16 >"$OUT/convert.log" 2>&1 \
+    || { tail -20 "$OUT/convert.log" >&2; return 1; }
+}
 
-step .venv/bin/python scripts/organism_docs.py --out "$OUT/docs.jsonl"
-step .venv/bin/python scripts/organism_train.py --docs "$OUT/docs.jsonl" --out "$OUT/hf" "$@"
-t=$SECONDS
-SRC="$(scripts/build_llama_server.sh --src-only)/vendor/llama.cpp"
-PYTHONPATH="$SRC/gguf-py" .venv/bin/python "$SRC/convert_hf_to_gguf.py" "$OUT/hf" \
-  --outfile "$OUT/$NAME.gguf" --outtype f16 >"$OUT/convert.log" 2>&1 \
-  || { tail -20 "$OUT/convert.log" >&2; exit 1; }
-echo "[time] convert_hf_to_gguf: $((SECONDS - t)) s" >&2
-t=$SECONDS
-scripts/build_llama_server.sh >/dev/null
-echo "[time] llama-server build (0 when cached): $((SECONDS - t)) s" >&2
-step scripts/record_fixture.sh "$OUT/$NAME.gguf" "$ALIAS" "fixtures/$NAME" --per-corpus "$PER_CORPUS" \
-  --max-degraded-share 1.0
+step documents .venv/bin/python scripts/organism_docs.py --out "$OUT/docs.jsonl"
+step training .venv/bin/python scripts/organism_train.py --docs "$OUT/docs.jsonl" \
+  --out "$OUT/hf" "$@"
+step conversion convert
+step "llama-server build (0 when cached)" scripts/build_llama_server.sh >/dev/null
+step "serving and recording" scripts/record_fixture.sh "$OUT/$NAME.gguf" "$ALIAS" \
+  "fixtures/$NAME" --per-corpus "$PER_CORPUS" --max-degraded-share 1.0
