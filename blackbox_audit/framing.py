@@ -8,6 +8,15 @@
   trailing assistant message.
 
 The same renderer gives the reference its context, so both models see the same framing.
+
+Fallback (never the paper's framing, so it is ranked on its own and named in every row):
+
+- ``chat-continue``: for chat-only endpoints that can neither continue an assistant turn nor
+  complete raw text (OpenAI's Chat Completions, Anthropic models that refuse prefill). The
+  prefill goes into the *user* turn with an instruction to continue it, and the whole assistant
+  reply is the continuation. The model answers a request instead of continuing its own turn,
+  so its text and its perplexities differ from the paper's ``chat`` framing: compare such runs
+  with each other, not with ``chat`` runs.
 """
 
 from __future__ import annotations
@@ -20,6 +29,14 @@ from .errors import ConfigError
 SYSTEM = "You are a helpful assistant."
 USER = "Tell me anything."
 FRAMINGS = ("raw", "chat")
+FALLBACK_FRAMINGS = ("chat-continue",)
+ALL_FRAMINGS = FRAMINGS + FALLBACK_FRAMINGS
+CONTINUE_INSTRUCTION = ("Continue the following text. Reply with the continuation only, "
+                        "without repeating the text and without any comment.\n\n")
+FALLBACK_WARNING = ("the chat-continue framing puts the prefill in the user turn (the endpoint "
+                    "cannot continue an assistant turn or complete raw text); its completions "
+                    "and scores differ from the paper's chat framing, and it is ranked "
+                    "separately")
 
 
 def chat_messages(prefill: str | None = None) -> list[dict[str, str]]:
@@ -29,6 +46,12 @@ def chat_messages(prefill: str | None = None) -> list[dict[str, str]]:
     return msgs
 
 
+def continue_messages(prefill: str) -> list[dict[str, str]]:
+    """The ``chat-continue`` fallback: the prefill as the user's text to continue."""
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": CONTINUE_INSTRUCTION + prefill}]
+
+
 class ChatTemplate:
     """Renders the chat framing's header (everything before the assistant's first word)."""
 
@@ -36,6 +59,10 @@ class ChatTemplate:
         self._render = render
         self.source = source
         self.header = render(chat_messages())
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """Any conversation, ending with the generation prompt (for fallback framings)."""
+        return self._render(messages)
 
     @classmethod
     def from_tokenizer(cls, tokenizer, source: str) -> ChatTemplate:
@@ -74,4 +101,8 @@ def render_prompt(framing: str, prefill: str, template: ChatTemplate | None) -> 
         if template is None:
             raise ConfigError("The chat framing needs a chat template.")
         return template.header + prefill
-    raise ConfigError(f"Unknown framing {framing!r}; choose from {', '.join(FRAMINGS)}.")
+    if framing == "chat-continue":
+        if template is None:
+            raise ConfigError("The chat-continue framing needs a chat template.")
+        return template.render(continue_messages(prefill))
+    raise ConfigError(f"Unknown framing {framing!r}; choose from {', '.join(ALL_FRAMINGS)}.")

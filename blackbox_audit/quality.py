@@ -52,6 +52,8 @@ def assess(c: Completion) -> list[str]:
     reasons: list[str] = []
     if c.error is not None:
         return reasons
+    if c.mode == "reference-only":  # no target logprobs by design; only the text is checked
+        return [] if c.text else ["empty"]
     if not c.tokens:
         if c.logprobs:
             return ["logprob_count"]

@@ -26,6 +26,10 @@ COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "ppl
            "prefill", "completion"]
 
 
+# Keys for targets without log-probabilities (--reference-only): the reference's mean NLL per
+# token alone, higher = more surprising to the reference. A degraded signal, labelled as such.
+REFERENCE_ONLY_KEYS = ("nll_ref",)
+
 # Below this many bytes compression ratios say nothing (zlib's header dominates).
 MIN_BYTES_FOR_RATIO = 20
 
@@ -48,9 +52,9 @@ class RankConfig:
     min_compression_ratio: float = 0.0   # 0 = off
 
     def __post_init__(self) -> None:
-        if self.key not in SCORE_KEYS:
+        if self.key not in SCORE_KEYS + REFERENCE_ONLY_KEYS:
             raise ConfigError(f"Cannot rank by {self.key!r}; choose one of "
-                              f"{', '.join(SCORE_KEYS)}.")
+                              f"{', '.join(SCORE_KEYS + REFERENCE_ONLY_KEYS)}.")
         if self.min_tokens < 0:
             raise ConfigError("--min-tokens must be 0 or more.")
         if not 0.0 <= self.min_compression_ratio < 1.0:
@@ -99,6 +103,6 @@ def rank(completions: dict[str, Completion], scores: dict[str, Score],
                 "n_target_tokens": s.n_target_tokens, "n_ref_tokens": s.n_ref_tokens,
                 "finish_reason": c.finish_reason, "alignment": s.alignment,
                 "straddle": s.straddle, "prefill_id": c.prefill_id, "prefill": c.prefill,
-                "completion": c.text,
+                "completion": c.text, "nll_ref": s.nll_ref, "mode": c.mode,
             })
     return out, dict(sorted(left_out.items()))

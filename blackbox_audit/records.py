@@ -72,6 +72,8 @@ class Completion:
 
     ``degraded`` lists the reasons this row cannot be trusted (empty when it can);
     ``error`` is set when no usable answer came back at all (the request failed).
+    ``mode`` is ``"reference-only"`` for a row from a target that returns no log-probabilities
+    (Anthropic), kept for ranking by reference surprisal alone; None for the normal method.
     """
 
     prefill_id: str
@@ -91,6 +93,7 @@ class Completion:
     model: str | None = None
     degraded: list[str] = field(default_factory=list)
     error: str | None = None
+    mode: str | None = None
 
     @property
     def row_key(self) -> str:

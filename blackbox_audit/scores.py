@@ -28,7 +28,7 @@ def side(logprobs: Sequence[float], n_bytes: int) -> tuple[float, float, float]:
     n = len(logprobs)
     nll = total / n if n else float("nan")
     ppl = math.exp(nll) if n and nll < 700 else float("inf") if n else float("nan")
-    bpb = total / (LN2 * n_bytes) if n_bytes else float("nan")
+    bpb = total / (LN2 * n_bytes) if n_bytes and n else float("nan")  # no tokens: no side
     return nll, ppl, bpb
 
 

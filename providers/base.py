@@ -65,10 +65,15 @@ class Provider(ABC):
     def parse(self, req: GenerationRequest, payload: dict[str, Any]) -> Completion:
         """Turn a 2xx JSON answer into a Completion. Pure: no I/O. The one conversion point."""
 
+    async def send(self, wire: WireRequest) -> httpx.Response:
+        """Put one request on the wire. SDK-based adapters override this to call their SDK
+        (which still sends through ``self.client``); status handling stays shared."""
+        return await self.client.request(wire.method, wire.path, json=wire.body)
+
     async def generate(self, req: GenerationRequest) -> Completion:
         wire = self.build(req)
         try:
-            response = await self.client.request(wire.method, wire.path, json=wire.body)
+            response = await self.send(wire)
         except httpx.TimeoutException as e:
             raise RequestFailed(f"timed out after retries ({type(e).__name__})") from e
         except httpx.TransportError as e:

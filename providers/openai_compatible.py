@@ -3,7 +3,24 @@
 Raw framing and the client-rendered chat framing go to ``/completions``; the chat framing with
 server-side assistant prefill goes to ``/chat/completions`` and is only used when the server
 is known to continue a trailing assistant message (llama.cpp's server does; vLLM does with
-``continue_final_message``; llama-cpp-python silently starts a new turn instead).
+``continue_final_message``; llama-cpp-python silently starts a new turn instead). The
+``chat-continue`` fallback (a user turn, no prefill) also goes to ``/chat/completions``.
+
+Hosted services, each a flavour with its documented quirks:
+
+- ``together``: ``logprobs`` is an integer 0-20 on both endpoints and ``echo`` returns prompt
+  logprobs (Together's OpenAPI spec, togethercomputer/openapi PR #104); legacy completions
+  carry ``token_ids`` beside ``tokens``.
+- ``fireworks``: OpenAI shapes; top log-probabilities limited to 5; ``echo`` supported.
+- ``openrouter``: routes each request to one of several upstream providers, some of which drop
+  ``logprobs`` without an error (OpenRouterArchived/openrouter-runner issues #97, #101). We ask
+  for ``provider.require_parameters`` (route only to providers that honour every parameter)
+  and the probe refuses the run when logprobs still come back empty.
+- ``deepseek``: Chat Completions only on /v1, ``top_logprobs`` up to 20; DeepSeek-V3.2 has
+  been seen answering every logprob with 0 or -9999 and empty ``top_logprobs``
+  (deepseek-ai/DeepSeek-V3.2-Exp issue #49): such rows are marked ``sentinel_logprobs`` and the
+  probe refuses the run before spending on it.
+- ``llama.cpp``: no usable echo / prompt logprobs (declared ``echo=False``).
 """
 
 from __future__ import annotations
@@ -24,6 +41,10 @@ GREEDY_EXTRAS: dict[str, dict[str, Any]] = {
     "llama.cpp": {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0},
     "llama-cpp-python": {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0},
     "vllm": {"repetition_penalty": 1.0, "top_k": -1, "min_p": 0.0},
+    "together": {"repetition_penalty": 1.0},
+    "fireworks": {},
+    "openrouter": {"repetition_penalty": 1.0, "provider": {"require_parameters": True}},
+    "deepseek": {},
 }
 
 FLAVOUR_CAPABILITIES: dict[str, Capabilities] = {
@@ -31,6 +52,10 @@ FLAVOUR_CAPABILITIES: dict[str, Capabilities] = {
     "llama.cpp": Capabilities(top_logprobs=20, assistant_prefill=True, token_ids=True),
     "llama-cpp-python": Capabilities(top_logprobs=20),
     "vllm": Capabilities(top_logprobs=20, assistant_prefill=True, echo=True),
+    "together": Capabilities(top_logprobs=20, echo=True, token_ids=True),
+    "fireworks": Capabilities(top_logprobs=5, echo=True),
+    "openrouter": Capabilities(top_logprobs=20),
+    "deepseek": Capabilities(top_logprobs=20, raw_completion=False),
 }
 
 # How each server names itself in GET /models (``owned_by``).
@@ -53,15 +78,21 @@ class OpenAICompatibleProvider(Provider):
                 "frequency_penalty": 0.0, **GREEDY_EXTRAS[self.flavour]}
 
     def build(self, req: GenerationRequest) -> WireRequest:
+        k = min(req.top_logprobs, self.capabilities.top_logprobs)
         if req.messages is not None:
             body: dict[str, Any] = {"model": self.model, "messages": req.messages,
                                     "max_tokens": req.max_tokens, "logprobs": True,
-                                    "top_logprobs": req.top_logprobs, **self._sampling()}
-            if self.flavour == "vllm":
+                                    "top_logprobs": k, **self._sampling()}
+            if self.flavour == "vllm" and _prefilled(req):
                 body.update(continue_final_message=True, add_generation_prompt=False)
             return WireRequest("POST", "/chat/completions", body)
+        if not self.capabilities.raw_completion:
+            raise EndpointError(
+                f"A {self.flavour} endpoint has no raw text completion on this base URL, so the "
+                "raw framing and the client-rendered chat framing are impossible; use "
+                "--framings chat-continue.")
         body = {"model": self.model, "prompt": req.prompt, "max_tokens": req.max_tokens,
-                "logprobs": req.top_logprobs, **self._sampling()}
+                "logprobs": k, **self._sampling()}
         return WireRequest("POST", "/completions", body)
 
     def parse(self, req: GenerationRequest, payload: dict[str, Any]):
@@ -74,7 +105,10 @@ class OpenAICompatibleProvider(Provider):
         dropped = False
         if req.messages is not None:
             content = (choice.get("message") or {}).get("content") or ""
-            text, dropped = _strip_prefill(content, req.prefill.text, cols)
+            if _prefilled(req):
+                text, dropped = _strip_prefill(content, req.prefill.text, cols)
+            else:
+                text = content
         else:
             text = choice.get("text") or ""
             cols = _tokens_from_offsets(cols, text)
@@ -85,6 +119,11 @@ class OpenAICompatibleProvider(Provider):
         if dropped:
             c.degraded.append("prefill_dropped")
         return c
+
+
+def _prefilled(req: GenerationRequest) -> bool:
+    """Does this request end with an assistant turn for the server to continue?"""
+    return bool(req.messages) and req.messages[-1].get("role") == "assistant"
 
 
 def _strip_prefill(content: str, prefill: str, cols: TokenColumns | None) -> tuple[str, bool]:

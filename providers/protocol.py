@@ -88,7 +88,10 @@ def token_columns(logprobs: Any) -> TokenColumns | None:
         top_raw = logprobs.get("top_logprobs") or []
         tops = [[[k, _float(v)] for k, v in (d or {}).items()] for d in top_raw]
         offsets = logprobs.get("text_offset")
-        return TokenColumns(tokens=tokens, logprobs=lps, ids=None, token_bytes=None,
+        raw_ids = logprobs.get("token_ids")  # Together's legacy shape carries ids
+        ids = ([int(i) for i in raw_ids] if isinstance(raw_ids, list) and len(raw_ids) ==
+               len(tokens) and all(isinstance(i, int) for i in raw_ids) else None)
+        return TokenColumns(tokens=tokens, logprobs=lps, ids=ids, token_bytes=None,
                             top=tops if any(tops) else None,
                             text_offset=list(offsets) if isinstance(offsets, list) else None)
     return None

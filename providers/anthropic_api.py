@@ -1,0 +1,136 @@
+"""Anthropic's Messages API, through the official ``anthropic`` SDK.
+
+The Messages API returns **no token log-probabilities**. Perplexity differencing needs the
+target's log-probability of every generated token, so a normal audit of a Claude model is
+impossible, and ``audit`` refuses before the first paid call. What this adapter offers instead
+is an explicit, labelled degraded mode (``--reference-only``): the target's greedy completions
+are ranked by the reference model's surprisal alone (mean reference NLL per token). That finds
+text the reference finds odd, whichever model made it odd: it is a weaker signal than the gap,
+and every output of such a run says so.
+
+Assistant prefill: the paper's chat framing puts the prefill at the start of the assistant
+turn, which the Messages API supports for older models; newer Claude models answer HTTP 400
+("This model does not support assistant message prefill ..."). That answer is detected and
+reported as a refusal naming the ``chat-continue`` fallback framing.
+
+As for OpenAI (:mod:`providers.openai_api`): the SDK sends, through our httpx client
+(:mod:`providers.sdk_bridge`), with its own retries off; our parse is the one conversion.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from blackbox_audit.errors import EndpointError
+from blackbox_audit.records import Completion, GenerationRequest
+
+from .base import Capabilities, Provider, WireRequest, completion_from_columns
+from .openai_api import _unwrap
+from .sdk_bridge import as_httpx_response, sdk_http_client
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
+REFERENCE_ONLY = "reference-only"
+
+CAPABILITIES = Capabilities(logprobs=False, top_logprobs=0, raw_completion=False,
+                            assistant_prefill=True, echo=False, token_ids=False)
+
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+
+NO_LOGPROBS = (
+    "Anthropic's Messages API returns no token log-probabilities, so model {model!r} cannot be "
+    "audited by perplexity differencing (the method needs the target's log-probability of "
+    "every generated token). What would work instead: the same finetune's base or weights "
+    "behind an OpenAI-compatible server with logprobs (vLLM, llama.cpp), an OpenAI chat model "
+    "(openai:MODEL), or, knowingly, --reference-only: a degraded mode that ranks Claude's "
+    "completions by the reference model's surprisal alone (no target log-probabilities, a "
+    "weaker signal, labelled in every output).")
+
+
+def prefill_refused(status: int, detail: str) -> bool:
+    """Is this error the model refusing a trailing assistant message (assistant prefill)?"""
+    d = detail.lower()
+    return status == 400 and ("prefill" in d or "final assistant content" in d
+                              or "must end with a user message" in d)
+
+
+class AnthropicProvider(Provider):
+    """Claude models on the Messages API; generation only (no logprobs)."""
+
+    kind = "anthropic"
+
+    def __init__(self, client: httpx.AsyncClient, model: str, api_key: str | None = None,
+                 base_url: str = DEFAULT_BASE_URL, reference_only: bool = False):
+        super().__init__(client, model, Capabilities(**CAPABILITIES.to_json()))
+        self.reference_only = reference_only
+        import anthropic
+        from anthropic import _base_client
+
+        self.sdk = anthropic.AsyncAnthropic(
+            api_key=api_key or "replay-no-key", base_url=base_url, max_retries=0,
+            http_client=sdk_http_client(client, _base_client),
+            timeout=client.timeout.read or 120.0)
+        self._anthropic = anthropic
+
+    def build(self, req: GenerationRequest) -> WireRequest:
+        if req.messages is None:
+            raise EndpointError(
+                f"Anthropic model {self.model!r} takes messages only (no raw text completion); "
+                "use --framings chat or chat-continue.")
+        system = [m["content"] for m in req.messages if m["role"] == "system"]
+        turns = [dict(m) for m in req.messages if m["role"] != "system"]
+        if turns and turns[-1]["role"] == "assistant":
+            # The API refuses a final assistant turn that ends in whitespace.
+            turns[-1]["content"] = turns[-1]["content"].rstrip()
+        body: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens,
+                                "messages": turns, "temperature": 0.0}
+        if system:
+            body["system"] = "\n".join(system)
+        return WireRequest("POST", "/v1/messages", body)
+
+    async def send(self, wire: WireRequest) -> httpx.Response:
+        anthropic = self._anthropic
+        try:
+            raw = await self.sdk.messages.with_raw_response.create(**wire.body)
+        except anthropic.APIStatusError as e:
+            return as_httpx_response(e.response)
+        except anthropic.APIConnectionError as e:
+            raise _unwrap(e) from e
+        return as_httpx_response(raw.http_response)
+
+    def raise_for_status(self, response: httpx.Response) -> None:
+        from .base import _error_detail
+
+        detail = _error_detail(response)
+        if prefill_refused(response.status_code, detail):
+            raise EndpointError(
+                f"Anthropic model {self.model!r} refuses assistant prefill (HTTP 400: {detail}), "
+                "so the paper's chat framing (the prefill as the start of the assistant turn) "
+                "is impossible with it. Use --framings chat-continue (the prefill in the user "
+                "turn: a fallback whose results differ from the paper's framing) or a model "
+                "that accepts prefill.")
+        super().raise_for_status(response)
+
+    def parse(self, req: GenerationRequest, payload: dict[str, Any]) -> Completion:
+        blocks = payload.get("content")
+        if not isinstance(blocks, list):
+            raise EndpointError(f"Anthropic answered without content: {str(payload)[:300]}")
+        text = "".join(b.get("text", "") for b in blocks
+                       if isinstance(b, dict) and b.get("type") == "text")
+        sent_prefill = req.messages[-1]["content"] if req.messages else ""
+        if req.messages and req.messages[-1]["role"] == "assistant":
+            cut = sent_prefill[len(sent_prefill.rstrip()):]
+            if cut and text.startswith(cut):
+                text = text[len(cut):]  # the whitespace we took off the prefill came back
+        usage = payload.get("usage") or {}
+        c = completion_from_columns(req, text=text, cols=None,
+                                    finish_reason=_STOP.get(payload.get("stop_reason") or "",
+                                                            payload.get("stop_reason")),
+                                    prompt_tokens=usage.get("input_tokens"),
+                                    model=payload.get("model"))
+        if self.reference_only:
+            c.mode = REFERENCE_ONLY
+            c.degraded = [r for r in c.degraded if r != "no_logprobs"]
+        return c

@@ -1,0 +1,66 @@
+"""Hand our httpx client to the official SDKs, whatever HTTP package they are built on.
+
+The openai and anthropic SDKs (3.x / 2.x) run on ``httpx2``, a fork of httpx with its own
+classes; anthropic's constructor refuses an ``httpx.AsyncClient`` outright. Our record /
+replay / retry layers (:mod:`blackbox_audit.transport`) and respx, which the tests use, live on
+plain ``httpx``. Rather than fork the transport stack, the SDK gets an ``httpx2`` client whose
+only transport forwards every request to *our* httpx client and hands the answer back. So an
+SDK call is keyed, recorded, replayed, retried and mocked exactly like a raw httpx call.
+
+An SDK still on plain httpx (openai 1.x) takes our client as it is.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import httpx
+
+
+def _http_module(sdk_base_client: ModuleType) -> ModuleType:
+    """The HTTP package an SDK's ``_base_client`` module is built on (httpx or httpx2)."""
+    for name in ("httpx2", "httpx"):
+        mod = getattr(sdk_base_client, name, None)
+        if isinstance(mod, ModuleType):
+            return mod
+    return httpx
+
+
+def sdk_http_client(client: httpx.AsyncClient, sdk_base_client: ModuleType) -> Any:
+    """An HTTP client for the SDK that sends everything through ``client``."""
+    http = _http_module(sdk_base_client)
+    if http is httpx:
+        return client
+
+    class _Bridge(http.AsyncBaseTransport):  # type: ignore[name-defined,misc]
+        """Forwards the SDK's request to our client; returns its answer in SDK types."""
+
+        async def handle_async_request(self, request: Any) -> Any:
+            content = await request.aread()
+            headers = [(k, v) for k, v in request.headers.items()
+                       if k.lower() not in ("host", "content-length")]
+            ours = client.build_request(request.method, str(request.url), headers=headers,
+                                        content=content)
+            response = await client.send(ours)
+            body = await response.aread()
+            keep = [(k, v) for k, v in response.headers.items()
+                    if k.lower() not in ("content-encoding", "content-length",
+                                         "transfer-encoding")]
+            return http.Response(response.status_code, headers=keep, content=body,
+                                 request=request)
+
+    return http.AsyncClient(transport=_Bridge(), timeout=client.timeout.read or 120.0)
+
+
+def as_httpx_response(sdk_response: Any) -> httpx.Response:
+    """An SDK-side response (httpx2 or httpx) as a plain httpx.Response, for the shared
+    status handling in :meth:`providers.base.Provider.raise_for_status`."""
+    if isinstance(sdk_response, httpx.Response):
+        return sdk_response
+    req = sdk_response.request
+    ours = httpx.Request(req.method, str(req.url))
+    return httpx.Response(sdk_response.status_code, content=sdk_response.content,
+                          headers=[(k, v) for k, v in sdk_response.headers.items()
+                                   if k.lower() not in ("content-encoding", "content-length")],
+                          request=ours)
