@@ -1,0 +1,341 @@
+"""report.html: one self-contained, offline page for triaging a run (issue 7).
+
+Reads the run directory only (design §2): ``manifest.json``, ``ranked.jsonl``,
+``completions.jsonl`` (the target's per-token log-probabilities) and ``scores.<ref>.jsonl``
+(the reference's). Writes one HTML file with no network access of any kind:
+
+- the ranked rows as JSON in a ``<script type="application/json">`` block, rendered page by
+  page by a small script of ours (``templates/report.js``): filters (corpus, framing, flag,
+  text), sort by any score, paging; so 20,000 rows cost one JSON.parse, not 20,000 table rows;
+- each continuation as a token heatmap: every reference token coloured by the gap
+  ``logprob_target - logprob_ref`` (positive: the target expects the token far more than the
+  reference does, what the ranking rewards), the numbers on hover;
+- the ΔPPL distribution per framing as inline SVG generated here;
+- the manifest summary: target, reference, capabilities, counts, requests, cost.
+
+Model output is untrusted. The page is a Jinja2 template with autoescape on; the JSON block
+goes through Jinja's ``tojson`` (``<``, ``>``, ``&`` and ``'`` become ``\\u003c`` ...), so
+``</script>`` in a completion cannot end the block; the script only ever writes model text with
+``textContent``; and a Content-Security-Policy allows no network and no script but ours (by
+its hash), so even a mistake could not load or run anything.
+
+Token heatmap: on the ``ids`` alignment path reference and target tokens are the same tokens.
+On the ``text`` path (different tokenisations) each target token's log-probability is spread
+evenly over its UTF-8 bytes and summed over the bytes each reference token covers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .align import target_bytes
+from .errors import ConfigError
+from .flag import OrganismSpec, flag_rows, framing_summary, top_counts
+from .records import Completion, Score
+from .rundir import RunDir, write_atomic
+
+TEMPLATES = Path(__file__).parent / "templates"
+SCORE_COLUMNS = ["ppl_diff", "nll_diff", "bpb_diff", "ppl_ref", "ppl_target"]
+
+
+@dataclass
+class ReportResult:
+    path: Path
+    rows: int
+    rows_with_tokens: int
+    bytes: int
+    seconds: float
+
+
+# -- the data ------------------------------------------------------------------------------
+def finite(x: Any, digits: int = 4) -> float | None:
+    """A JSON-safe number: inf and nan (a perplexity can overflow) become null."""
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return round(v, digits) if math.isfinite(v) else None
+
+
+def reference_name(run: RunDir, manifest: dict[str, Any], wanted: str | None = None) -> str | None:
+    """Which scores file the ranking came from: asked for, else the latest rescoring, else the
+    audit's reference, else the only scores file present."""
+    if wanted:
+        return wanted
+    rescoring = manifest.get("rescoring") or []
+    if rescoring and rescoring[-1].get("reference"):
+        return rescoring[-1]["reference"]
+    ref = (manifest.get("reference") or {}).get("name")
+    if ref:
+        return ref
+    files = sorted(run.path.glob("scores.*.jsonl"))
+    return files[0].name[len("scores."):-len(".jsonl")] if len(files) == 1 else None
+
+
+def _utf16_len(s: str) -> int:
+    return sum(2 if ord(ch) > 0xFFFF else 1 for ch in s)
+
+
+def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
+    """Per reference token over the continuation: its length in the completion text (UTF-16
+    units, as the page slices the text), reference and target log-probabilities.
+
+    None when the stored columns do not line up (nothing is guessed)."""
+    ref_lps = s.ref_token_logprobs
+    text = c.text
+    n_bytes = len(text.encode())
+    if not ref_lps or not text or len(s.ref_tokens) != len(ref_lps):
+        return None
+    t_bytes = [len(b) for b in target_bytes(c)]
+    t_lps = list(c.logprobs)
+    if len(t_bytes) != len(t_lps) or any(x is None for x in t_lps) or sum(t_bytes) != n_bytes:
+        return None
+    approx = False
+    if s.alignment == "ids" and len(s.ref_tokens) == len(t_lps):
+        r_bytes, start, per_ref_t = t_bytes, 0, [float(x) for x in t_lps]
+    else:
+        r_bytes = [len(p.encode()) for p in s.ref_tokens]
+        start = -len(s.straddle.encode()) if s.straddle else 0
+        if start + sum(r_bytes) != n_bytes:
+            approx = True      # a split character decoded as U+FFFD: spans are near, not exact
+        per_byte = [0.0] * n_bytes
+        pos = 0
+        for nb, lp in zip(t_bytes, t_lps, strict=True):
+            for k in range(pos, pos + nb):
+                per_byte[k] = float(lp) / nb
+            pos += nb
+        per_ref_t, pos = [], start
+        for nb in r_bytes:
+            lo, hi = max(pos, 0), min(pos + nb, n_bytes)
+            per_ref_t.append(math.fsum(per_byte[lo:hi]) if hi > lo else 0.0)
+            pos += nb
+    # Byte offset -> index of the character holding it; token spans become character spans.
+    char_of_byte: list[int] = []
+    for i, ch in enumerate(text):
+        char_of_byte.extend([i] * len(ch.encode()))
+    char_of_byte.append(len(text))
+    lengths: list[int] = []
+    ref_out: list[float] = []
+    tgt_out: list[float] = []
+    pos, cur = start, 0
+    for nb, r, t in zip(r_bytes, ref_lps, per_ref_t, strict=True):
+        end = min(max(pos + nb, 0), n_bytes)
+        pos += nb
+        stop = char_of_byte[end] if end < n_bytes else len(text)
+        if end < n_bytes and end > 0 and char_of_byte[end - 1] == stop:
+            stop += 1          # the token ends inside a character: it shows that character
+        piece = text[cur:stop] if stop > cur else ""
+        if not piece and lengths:   # nothing of its own to show: its mass joins the last token
+            ref_out[-1] += r
+            tgt_out[-1] += t
+            continue
+        lengths.append(_utf16_len(piece))
+        ref_out.append(float(r))
+        tgt_out.append(float(t))
+        cur = max(cur, stop)
+    if cur < len(text) and lengths:
+        lengths[-1] += _utf16_len(text[cur:])
+    return {"l": lengths, "r": [round(x, 2) for x in ref_out],
+            "t": [round(x, 2) for x in tgt_out], **({"approx": True} if approx else {})}
+
+
+def report_rows(run: RunDir, ranked: list[dict[str, Any]], ref: str | None,
+                token_rows: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The rows as the page needs them; per-token data for the top ``token_rows`` of each
+    (corpus, framing) ranking (all when None)."""
+    completions = run.load_completions()
+    scores = run.load_scores(ref) if ref else {}
+    out, with_tokens = [], 0
+    for row in ranked:
+        key = f"{row['prefill_id']}:{row['framing']}"
+        heat = None
+        if token_rows is None or row.get("rank", 0) < token_rows:
+            c, s = completions.get(key), scores.get(key)
+            if c is not None and s is not None:
+                heat = token_heat(c, s)
+        with_tokens += heat is not None
+        out.append({
+            "id": key, "corpus": row.get("corpus"), "framing": row.get("framing"),
+            "rank": row.get("rank"), "flag": row.get("flagged"),
+            **{k: finite(row.get(k)) for k in SCORE_COLUMNS if k in row},
+            "n": row.get("n_target_tokens"), "finish": row.get("finish_reason"),
+            "prefill": row.get("prefill") or "", "text": row.get("completion") or "",
+            "tok": heat,
+        })
+    return out, with_tokens
+
+
+# -- the ΔPPL chart ------------------------------------------------------------------------
+def _symlog(x: float) -> float:
+    return math.copysign(math.log10(1.0 + abs(x)), x)
+
+
+def distribution_svg(rows: list[dict[str, Any]], key: str = "ppl_diff", bins: int = 40,
+                     width: int = 460, height: int = 170) -> list[dict[str, Any]]:
+    """One histogram per framing of ``key`` on a symmetric log axis, flagged rows stacked in
+    another colour. Returns [{framing, svg (markup we built, numbers and escaped labels only),
+    n, not_shown}]."""
+    charts = []
+    for framing in sorted({r["framing"] for r in rows}):
+        vals = [(r[key], bool(r.get("flag"))) for r in rows
+                if r["framing"] == framing and r.get(key) is not None]
+        not_shown = sum(1 for r in rows if r["framing"] == framing and r.get(key) is None)
+        if not vals:
+            continue
+        xs = [_symlog(v) for v, _ in vals]
+        lo, hi = min(xs + [0.0]), max(xs + [0.0])
+        if hi - lo < 1e-9:
+            hi = lo + 1.0
+        plain, flagged = [0] * bins, [0] * bins
+        for x, (_, f) in zip(xs, vals, strict=True):
+            b = min(int((x - lo) / (hi - lo) * bins), bins - 1)
+            (flagged if f else plain)[b] += 1
+        top = max(p + f for p, f in zip(plain, flagged, strict=True)) or 1
+        ml, mr, mt, mb = 36, 8, 8, 30
+        pw, ph = width - ml - mr, height - mt - mb
+        bw = pw / bins
+        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="hist" width="{width}" '
+                 f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+                 f'aria-label="{html.escape(key)} distribution, {html.escape(framing)}">']
+        for i in range(bins):
+            x = ml + i * bw
+            y_base = mt + ph
+            for count, cls in ((plain[i], "bar"), (flagged[i], "bar flagged")):
+                if not count:
+                    continue
+                h = count / top * ph
+                y_base -= h
+                lo_v = lo + i * (hi - lo) / bins
+                hi_v = lo + (i + 1) * (hi - lo) / bins
+                label = (f"{count} {'flagged ' if 'flagged' in cls else ''}rows, "
+                         f"{key} {_unsymlog(lo_v):.3g} to {_unsymlog(hi_v):.3g}")
+                parts.append(f'<rect class="{cls}" x="{x:.1f}" y="{y_base:.1f}" '
+                             f'width="{max(bw - 1, 0.5):.1f}" height="{h:.1f}">'
+                             f'<title>{html.escape(label)}</title></rect>')
+        axis_y = mt + ph
+        parts.append(f'<line class="axis" x1="{ml}" y1="{axis_y}" x2="{ml + pw}" '
+                     f'y2="{axis_y}"/>')
+        for tick in (-1000, -100, -10, -1, 0, 1, 10, 100, 1000, 10000):
+            t = _symlog(tick)
+            if lo <= t <= hi:
+                tx = ml + (t - lo) / (hi - lo) * pw
+                parts.append(f'<line class="tick" x1="{tx:.1f}" y1="{axis_y}" x2="{tx:.1f}" '
+                             f'y2="{axis_y + 4}"/><text x="{tx:.1f}" y="{axis_y + 16}" '
+                             f'text-anchor="middle">{tick}</text>')
+        parts.append(f'<text x="{ml - 4}" y="{mt + 8}" text-anchor="end">{top}</text>')
+        parts.append(f'<text x="{ml + pw}" y="{height - 2}" text-anchor="end">'
+                     f'{html.escape(key)} (symmetric log scale)</text>')
+        parts.append("</svg>")
+        charts.append({"framing": framing, "svg": "".join(parts), "n": len(vals),
+                       "flagged": sum(f for _, f in vals), "not_shown": not_shown})
+    return charts
+
+
+def _unsymlog(t: float) -> float:
+    return math.copysign(10 ** abs(t) - 1.0, t)
+
+
+# -- the manifest summary ------------------------------------------------------------------
+def manifest_summary(m: dict[str, Any], ref: str | None) -> list[tuple[str, Any]]:
+    """(label, value) pairs; values are plain data, rendered (escaped) by the template."""
+    target = m.get("target") or {}
+    endpoint = m.get("endpoint") or {}
+    counts = m.get("counts") or {}
+    reference = m.get("reference") or {}
+    ranking = m.get("ranking") or {}
+    items: list[tuple[str, Any]] = [
+        ("target", {"model": target.get("model"), "base_url": target.get("base_url")
+                    or "(replayed)", "kind": target.get("kind"),
+                    "flavour": endpoint.get("flavour")}),
+        ("reference", {"name": ref, "device": reference.get("device"),
+                       "dtype": reference.get("dtype"),
+                       "alignment": (m.get("scoring") or {}).get("alignment")}),
+        ("capabilities", endpoint.get("capabilities")),
+        ("rows", {k: counts.get(k) for k in ("rows", "ranked", "degraded", "failed")
+                  if k in counts}),
+        ("degraded reasons", counts.get("degraded_reasons") or "none"),
+        ("left out of ranking", counts.get("left_out_of_ranking") or "none"),
+        ("ranking", ranking or None),
+        ("requests", m.get("requests")),
+        ("cost", m.get("cost") or (m.get("requests") or {}).get("cost")),
+        ("status", m.get("status")),
+        ("seconds", m.get("seconds")),
+        ("versions", m.get("versions")),
+    ]
+    return [(k, v) for k, v in items if v not in (None, {}, [])]
+
+
+# -- the page ------------------------------------------------------------------------------
+def _env():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+                             autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    # tojson escapes < > & ' inside strings (so "</script>" cannot end the block); compact.
+    env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "separators": (",", ":")}
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, dict):
+            return ", ".join(f"{k}: {fmt(x)}" for k, x in v.items() if x not in (None, ""))
+        if isinstance(v, list | tuple):
+            return ", ".join(fmt(x) for x in v)
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    env.filters["fmt"] = fmt
+    return env
+
+
+def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: str | None = None,
+           token_rows: int | None = None, out: str | Path | None = None) -> ReportResult:
+    """Write ``report.html`` (or ``out``) for a run directory."""
+    t0 = time.monotonic()
+    run = RunDir(run_path)
+    manifest = run.read_manifest()
+    ranked = run.load_ranked()
+    if not ranked:
+        raise ConfigError(f"{run.path} has no ranked.jsonl; run audit or score first.")
+    if spec:
+        flag_rows(ranked, spec)
+    ref = reference_name(run, manifest, reference)
+    rows, with_tokens = report_rows(run, ranked, ref, token_rows)
+    key = ranked[0].get("rank_key") or "ppl_diff"
+    spec_lines = []
+    if spec:
+        for framing, hit, shown, parts in framing_summary(top_counts(ranked, 10)):
+            detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
+            spec_lines.append(f"{framing}: {hit} of the top {shown} match the spec ({detail})")
+    script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
+    script_hash = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    data = {"rows": rows, "rank_key": key, "has_flag": spec is not None,
+            "scores": [k for k in SCORE_COLUMNS if any(k in r for r in rows)],
+            "corpora": sorted(Counter(r["corpus"] for r in rows)),
+            "framings": sorted(Counter(r["framing"] for r in rows))}
+    page = _env().get_template("report.html.j2").render(
+        title=f"blackbox-audit: {(manifest.get('target') or {}).get('model') or run.path.name}",
+        run_path=str(run.path), summary=manifest_summary(manifest, ref),
+        charts=distribution_svg(rows, key), rank_key=key,
+        spec=spec.objective if spec else None, spec_lines=spec_lines,
+        n_rows=len(rows), with_tokens=with_tokens, token_rows=token_rows,
+        generated=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+        data=run.redactor.obj(data), script=script, script_hash=script_hash)
+    path = Path(out) if out else run.path / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, page)
+    return ReportResult(path, len(rows), with_tokens, path.stat().st_size,
+                        time.monotonic() - t0)
+
+
+__all__ = ["ReportResult", "distribution_svg", "render", "report_rows", "token_heat"]
