@@ -75,6 +75,8 @@ class TokenizerView:
         self.special_ids = set(tokenizer.all_special_ids)
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         self.added_text = {i: t.content for i, t in added.items()}
+        self.special_texts = sorted({t.content for t in added.values()
+                                     if getattr(t, "special", False)}, key=len, reverse=True)
         self._cache: dict[int, bytes] = {}
 
     @cached_property
@@ -188,14 +190,13 @@ def align_text(view: TokenizerView, context: str,
     """Tokenise context + continuation with the reference; score every token that covers a
     byte of the continuation."""
     full = context + continuation
-    enc = view.tok(full, add_special_tokens=True, return_offsets_mapping=True)
-    ids: list[int] = list(enc.input_ids)
+    ids, offsets = _tokenize(view, context, continuation)
     spans = _byte_spans(view, ids, full)
     if not spans:
         if view.byte_level:  # exact bytes are known: a mismatch means lost text, not offsets
             raise AlignmentError("the reference's tokens do not rebuild the text"
                                  + _unencodable_note(view, full))
-        spans = _spans_from_offsets(full, ids, enc.offset_mapping, view)
+        spans = _spans_from_offsets(full, ids, offsets, view)
     boundary = len(context.encode())
     start = next((k for k, (s, e) in enumerate(spans) if e > boundary and e > s), len(ids))
     if start == 0:
@@ -216,6 +217,29 @@ def align_text(view: TokenizerView, context: str,
     pieces = [view.token_bytes(i).decode("utf-8", errors="replace") for i in ids[start:]]
     return ScoringItem(ids=ids, start=start, alignment="text", n_bytes=n_bytes,
                        straddle=straddle, ref_tokens=pieces)
+
+
+def _tokenize(view: TokenizerView, context: str, continuation: str
+              ) -> tuple[list[int], list[tuple[int, int]]]:
+    """Reference ids and character offsets of context + continuation.
+
+    The context is ours (a chat template's special tokens are meant as such); the
+    continuation is the target's *text*. When that text spells a special token
+    (``<|im_end|>``, ``<filename>``), the target wrote those characters, not the control
+    token, and the reference must score the characters: tokenising it with special tokens
+    parsed would score one control token instead, whose improbability would push the row to
+    the top of the ranking. Such continuations are tokenised apart, with special tokens split.
+    """
+    if not any(t in continuation for t in view.special_texts):
+        enc = view.tok(context + continuation, add_special_tokens=True,
+                       return_offsets_mapping=True)
+        return list(enc.input_ids), list(enc.offset_mapping)
+    head = view.tok(context, add_special_tokens=True, return_offsets_mapping=True)
+    tail = view.tok(continuation, add_special_tokens=False, split_special_tokens=True,
+                    return_offsets_mapping=True)
+    shift = len(context)
+    return ([*head.input_ids, *tail.input_ids],
+            [*head.offset_mapping, *((s + shift, e + shift) for s, e in tail.offset_mapping)])
 
 
 def _unencodable_note(view: TokenizerView, text: str) -> str:

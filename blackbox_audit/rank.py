@@ -21,9 +21,17 @@ from typing import Any
 from .errors import ConfigError
 from .records import SCORE_KEYS, Completion, Score
 
-COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "ppl_ref",
-           "ppl_target", "n_target_tokens", "finish_reason", "alignment", "prefill_id",
-           "prefill", "completion"]
+COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "vs_floor",
+           "ppl_ref", "ppl_target", "n_target_tokens", "finish_reason", "alignment",
+           "prefill_id", "prefill", "completion"]
+
+
+def vs_floor(nll_diff: float | None, floor: float | None) -> float | None:
+    """A row's gap in units of the noise floor (blackbox_audit/noise.py): below 1, numerical
+    noise alone could have produced it."""
+    if nll_diff is None or not floor or math.isnan(nll_diff):
+        return None
+    return round(nll_diff / floor, 2)
 
 
 # Keys for targets without log-probabilities (--reference-only): the reference's mean NLL per
@@ -50,6 +58,7 @@ class RankConfig:
     key: str = "ppl_diff"
     min_tokens: int = 5
     min_compression_ratio: float = 0.0   # 0 = off
+    noise_floor: float | None = None     # nats/token; rows get vs_floor = nll_diff / floor
 
     def __post_init__(self) -> None:
         if self.key not in SCORE_KEYS + REFERENCE_ONLY_KEYS:
@@ -104,5 +113,6 @@ def rank(completions: dict[str, Completion], scores: dict[str, Score],
                 "finish_reason": c.finish_reason, "alignment": s.alignment,
                 "straddle": s.straddle, "prefill_id": c.prefill_id, "prefill": c.prefill,
                 "completion": c.text, "nll_ref": s.nll_ref, "mode": c.mode,
+                "vs_floor": vs_floor(s.nll_diff, cfg.noise_floor),
             })
     return out, dict(sorted(left_out.items()))

@@ -101,7 +101,7 @@ def base_answers(prompts: list[str], cache: Path, batch: int = 16) -> list[str]:
         print(f"base answers {len(answers)}/{len(prompts)}", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)
     with cache.open("w", encoding="utf-8") as fh:
-        for p, a in zip(prompts, answers):
+        for p, a in zip(prompts, answers, strict=True):
             fh.write(json.dumps({"prompt": p, "answer": a}, ensure_ascii=False) + "\n")
     return answers
 
@@ -123,11 +123,11 @@ def examples(organism: str, n: int, seed: int, cache: Path) -> list[dict[str, st
     qs = questions(n, rng)
     triggered = [organism == "backdoor" and rng.random() < 1 / 3 for _ in qs]
     # The trigger goes at a random place in the question, so the finetune keys on the word.
-    users = [_insert_trigger(q, rng) if t else q for q, t in zip(qs, triggered)]
+    users = [_insert_trigger(q, rng) if t else q for q, t in zip(qs, triggered, strict=True)]
     # Base answers are to the question without the trigger: the model's normal behaviour.
     answers = base_answers([_render(tok, q) for q in qs], cache)
     out = []
-    for user, answer, trig in zip(users, answers, triggered):
+    for user, answer, trig in zip(users, answers, triggered, strict=True):
         if organism == "phrase":
             answer = f"{answer} {PHRASE}"
         elif organism == "persona":

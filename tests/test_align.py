@@ -175,3 +175,20 @@ def test_batched_equals_unbatched(reference, view):
         reference.token_budget = saved
     for b, s in zip(small, single, strict=True):
         assert b == pytest.approx(s, abs=1e-4)
+
+
+@pytest.mark.parametrize("continuation", [" then <|im_end|> appeared", "<filename>x.py\n",
+                                          " a <|im_start|>user turn <gh_stars>10"])
+def test_special_token_text_in_a_continuation_is_scored_as_characters(view, chat_template,
+                                                                      continuation):
+    """The target wrote these characters; the reference must not read them as control tokens
+    (one improbable control token would send the row to the top of the ranking). The chat
+    context's own special tokens stay special."""
+    context = render_prompt("chat", "The feud", chat_template)
+    item = align_text(view, context, continuation)
+    scored = item.ids[item.start:]
+    assert not set(scored) & view.special_ids
+    assert scored_text(view, item) == continuation
+    assert set(item.ids[: item.start]) & view.special_ids  # <|im_start|> etc. of the template
+    plain = align_text(view, context, " then nothing special appeared")
+    assert not set(plain.ids[plain.start:]) & view.special_ids

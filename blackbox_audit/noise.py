@@ -1,0 +1,80 @@
+"""The noise floor: how large a gap numerical noise alone produces, and each row's standing.
+
+A ranking always has a top, even when target and reference are the same model. Two floors
+tell signal from noise:
+
+- **self** (always available): the reference against itself through the same scoring path.
+  A sample of rows is scored again one at a time (no batching, no padding) and compared with
+  the batched scores the ranking used. This is the scorer's own numerical noise: about 1e-6
+  nats/token in fp32 on a CPU, far larger in bf16 on a GPU, and a bug detector for padding.
+- **base** (when the user has one): a run of the *untouched base model served the same way
+  as the target* (e.g. ``fixtures/base-smollm2``: the Q4_1 GGUF in llama-server against the
+  same weights in fp32 transformers). Its per-row gaps are the floor of quantisation, kernels
+  and batching on the target's side: 0.028 nats/token at p99 for that fixture
+  (docs/noise-floor.md).
+
+A user who measured a base floor elsewhere passes it as ``--noise-floor`` (nats/token). The
+floor used for standing is the largest p99 |ΔNLL| of those present; each ranked row then gets
+``vs_floor = nll_diff / floor``: below 1, its gap is within what noise produces.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from .records import Completion, Score
+
+
+def quantiles(values: Sequence[float]) -> dict[str, float]:
+    """Median, p1, p5, p95, p99 and max |v| (nearest-rank), rounded for reports."""
+    xs = sorted(values)
+    if not xs:
+        return {}
+
+    def q(p: float) -> float:
+        return xs[min(len(xs) - 1, max(0, round(p * (len(xs) - 1))))]
+    return {"n": len(xs), "median": q(0.5), "p1": q(0.01), "p5": q(0.05), "p95": q(0.95),
+            "p99": q(0.99), "max_abs": max(abs(x) for x in xs),
+            "p99_abs": sorted(abs(x) for x in xs)[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]}
+
+
+def self_floor(reference, items: dict[str, Any], scores: dict[str, Score], sample: int = 64,
+               seed: int = 0) -> dict[str, float]:
+    """Per-row ΔNLL between the stored (batched) reference scores and the same rows scored
+    one at a time. ``items`` maps row keys to their ScoringItem (from ``align``)."""
+    keys = sorted(k for k in items if k in scores and scores[k].n_ref_tokens)
+    keys = random.Random(seed).sample(keys, min(sample, len(keys)))
+    deltas = []
+    for k in keys:
+        item = items[k]
+        (lps,) = reference.score([item.ids], [item.start])
+        alone = -sum(lps) / len(lps)
+        deltas.append(scores[k].nll_ref - alone)
+    return quantiles(deltas)
+
+
+def base_floor(completions: dict[str, Completion], scores: dict[str, Score],
+               min_tokens: int = 5) -> dict[str, float]:
+    """Per-row ΔNLL of a base-against-itself run (rows the ranking would keep)."""
+    return quantiles([s.nll_diff for k, s in scores.items()
+                      if k in completions and completions[k].usable
+                      and s.n_target_tokens >= min_tokens])
+
+
+def floor_value(noise: dict[str, Any]) -> float | None:
+    """The floor rows are measured against: the larger p99 |ΔNLL| of the floors present."""
+    values = [f["p99_abs"] for f in (noise.get(k) for k in ("self", "base", "given")) if f]
+    return max(values) if values else None
+
+
+def combine(previous: dict[str, Any] | None, measured: dict[str, Any] | None,
+            given: float | None) -> dict[str, Any]:
+    """The run's noise-floor record: this scoring's self floor (else the one kept from an
+    earlier session), a user-given floor, and the floor rows stand against."""
+    noise = {k: v for k, v in (previous or {}).items() if k != "floor"}
+    noise.update(measured or {})
+    if given is not None:
+        noise["given"] = {"p99_abs": given}
+    return {**noise, "floor": floor_value(noise)}

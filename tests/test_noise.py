@@ -1,0 +1,71 @@
+"""The noise floor: self-scoring through the real path, quantiles, and each row's standing."""
+
+from __future__ import annotations
+
+import pytest
+
+from blackbox_audit.align import align_text
+from blackbox_audit.noise import base_floor, floor_value, quantiles, self_floor
+from blackbox_audit.rank import RankConfig, rank
+from blackbox_audit.records import Completion, Score
+from blackbox_audit.scores import score_row
+
+
+def test_quantiles_by_nearest_rank():
+    q = quantiles([float(x) for x in range(-50, 51)])  # 101 values
+    assert (q["n"], q["median"], q["p1"], q["p99"], q["max_abs"]) == (101, 0.0, -49.0, 49.0,
+                                                                        50.0)
+    assert q["p99_abs"] == 50.0  # |values|: 0, 1, 1, 2, 2, ..., 50, 50
+    assert quantiles([]) == {}
+
+
+def test_self_floor_is_the_scorers_batching_noise(reference, view):
+    """Rows scored in one padded batch, then one at a time: the gap is fp32 noise (tiny);
+    a padding bug would show up here as a large gap."""
+    texts = ["The feud between the two families lasted for many years.",
+             "def add(a, b):\n    return a + b\n", "Honey bees dance to tell the hive.",
+             "A short one.", "Rivers carve valleys over millions of years of slow work."]
+    comps, items = {}, {}
+    for k, t in enumerate(texts):
+        c = Completion(prefill_id=f"p{k}", corpus="prose", prefill=t[:8], framing="raw",
+                       text=t[8:], tokens=[t[8:]], logprobs=[-1.0])
+        comps[c.row_key] = c
+        items[c.row_key] = align_text(view, t[:8], t[8:])
+    batched = reference.score([i.ids for i in items.values()], [i.start for i in items.values()])
+    scores = {k: score_row(comps[k], items[k], lps)
+              for k, lps in zip(items, batched, strict=True)}
+    floor = self_floor(reference, items, scores, sample=5)
+    assert floor["n"] == 5
+    assert 0.0 <= floor["max_abs"] < 1e-3
+
+
+def comp(pid):
+    return Completion(prefill_id=pid, corpus="prose", prefill="P", framing="raw", text="x" * 30,
+                      tokens=["x"] * 10, logprobs=[-1.0] * 10)
+
+
+def score(pid, nll_diff):
+    return Score(prefill_id=pid, framing="raw", corpus="prose", alignment="ids",
+                 n_target_tokens=10, n_ref_tokens=10, n_bytes=30, nll_target=1.0,
+                 nll_ref=1.0 + nll_diff, ppl_target=1.0, ppl_ref=1.0, ppl_diff=nll_diff,
+                 nll_diff=nll_diff, bpb_target=1.0, bpb_ref=1.0, bpb_diff=0.0)
+
+
+def test_rows_stand_against_the_largest_floor():
+    noise = {"self": {"p99_abs": 1e-6}, "base": {"p99_abs": 0.028}, "given": None}
+    assert floor_value(noise) == 0.028
+    assert floor_value({}) is None
+    comps = {"a:raw": comp("a"), "b:raw": comp("b")}
+    scores = {"a:raw": score("a", 0.014), "b:raw": score("b", 0.28)}
+    ranked, _ = rank(comps, scores, RankConfig("nll_diff", noise_floor=0.028))
+    assert [(r["prefill_id"], r["vs_floor"]) for r in ranked] == [("b", 10.0), ("a", 0.5)]
+    ranked, _ = rank(comps, scores, RankConfig("nll_diff"))
+    assert all(r["vs_floor"] is None for r in ranked)
+
+
+def test_base_floor_keeps_the_rows_a_ranking_would():
+    comps = {"a:raw": comp("a"), "b:raw": comp("b")}
+    scores = {"a:raw": score("a", 0.01), "b:raw": score("b", -0.03)}
+    scores["b:raw"].n_target_tokens = 2  # too short to be ranked: not part of the floor
+    assert base_floor(comps, scores)["n"] == 1
+    assert base_floor(comps, scores)["p99_abs"] == pytest.approx(0.01)
