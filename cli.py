@@ -115,6 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--top", type=int, default=10, help="rows per (corpus, framing) (10)")
     sh.add_argument("--spec", metavar="FILE",
                     help="organism spec (JSON): mark and count rows matching the objective")
+
+    rp = sub.add_parser("report", help="write report.html: the run's ranking to triage in a "
+                                       "browser (self-contained, offline)",
+                        description="Write one self-contained HTML file (no network) with the "
+                        "ranked completions (filter, sort, page), a per-token heatmap of the "
+                        "gap between target and reference, the score distribution and the "
+                        "run's manifest summary. Model output is shown as text, never run.")
+    rp.add_argument("run", help="run directory")
+    rp.add_argument("--spec", metavar="FILE", help="organism spec (JSON): flag matching rows")
+    rp.add_argument("--out", metavar="FILE", help="where to write (default RUN/report.html)")
+    rp.add_argument("--reference", metavar="NAME",
+                    help="which scores.NAME.jsonl holds the reference's per-token "
+                         "log-probabilities (default: the run's latest reference)")
+    rp.add_argument("--token-rows", type=int, metavar="N",
+                    help="keep per-token data for the top N rows of each (corpus, framing) "
+                         "only, for a smaller file (default: every row)")
     return p
 
 
@@ -253,6 +269,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "show":
         spec = _spec(args.spec)
         print_top(_ranked(args.run), args.top, spec)
+        return 0
+    if args.command == "report":
+        from blackbox_audit.report import render
+
+        r = render(args.run, _spec(args.spec), args.reference, args.token_rows, args.out)
+        print(f"report: {r.path} ({r.rows} rows, {r.rows_with_tokens} with per-token data, "
+              f"{r.bytes / 1e6:.1f} MB)")
         return 0
     raise AssertionError(args.command)
 
