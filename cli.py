@@ -38,15 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "Resumable: rerun the same command after an interruption and only the "
                        "missing rows are requested.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t = a.add_argument_group("target")
-    t.add_argument("--base-url", help="the endpoint's base URL, e.g. http://127.0.0.1:8080/v1")
-    t.add_argument("--model", required=True, help="the target model's name at the endpoint")
-    t.add_argument("--api-key-env", metavar="VAR",
-                   help="environment variable holding the API key (never written anywhere)")
-    t.add_argument("--flavour", default="auto",
-                   choices=["auto", "generic", "llama.cpp", "llama-cpp-python", "vllm"],
-                   help="server kind, for its greedy-decoding parameters (default: detected "
-                        "from GET /models)")
+    t = _add_target_flags(a)
     t.add_argument("--timeout", type=float, default=120.0, help="seconds per request (120)")
     t.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     g = a.add_argument_group("prefills and framing")
@@ -63,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "path")
     g.add_argument("--seed", type=int, default=0, help="prefill sampling seed (0)")
     g.add_argument("--framings", type=_csv, default=["raw", "chat"],
-                   help="raw, chat or both (default raw,chat); ranked separately")
+                   help="raw, chat or both (default raw,chat); ranked separately. chat-continue "
+                        "is the fallback for chat-only endpoints (the prefill in the user "
+                        "turn; not the paper's framing), used instead of chat when chat is "
+                        "impossible")
     g.add_argument("--chat-mode", default="template", choices=["template", "prefill"],
                    help="template: render the chat template client-side and continue it on "
                         "/completions (default, exact); prefill: send a trailing assistant "
@@ -91,6 +86,36 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--spec", metavar="FILE",
                    help="organism spec (JSON, known objective): mark and count matching rows")
     a.add_argument("--quiet", action="store_true", help="no progress lines")
+    a.add_argument("--pricing", metavar="FILE",
+                   help="JSON prices over the built-in table for the cost estimate: "
+                        '{"MODEL": {"input": USD_per_M, "output": USD_per_M}}')
+
+    pr = sub.add_parser(
+        "probe", help="capabilities, possible framings and cost of a target (at most 3 calls)",
+        description="Preflight a target without running an audit: the adapter's declared "
+        "capability matrix (logprobs, top-k, raw completion, assistant prefill, echo, token "
+        "ids) confirmed with at most 3 cheap calls, the framings it allows, and an estimate "
+        "of tokens and cost for the planned run. Exits 3 when a capability the run needs is "
+        "missing. With --fixtures the calls are recorded, and --replay answers from them.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_target_flags(pr)
+    pr.add_argument("--framings", type=_csv, default=["raw", "chat"],
+                    help="framings the run would use (raw,chat)")
+    pr.add_argument("--chat-mode", default="template", choices=["template", "prefill"])
+    pr.add_argument("--per-corpus", type=int, default=1000,
+                    help="prefills per corpus of the planned run (1000)")
+    pr.add_argument("--corpora", type=_csv, help="corpora of the planned run (default: the 3 "
+                                                 "builtin ones)")
+    pr.add_argument("--max-tokens", type=int, default=100, help="tokens per completion (100)")
+    pr.add_argument("--top-logprobs", type=int, default=5, help="top log-probabilities (5)")
+    pr.add_argument("--pricing", metavar="FILE", help="JSON prices over the built-in table")
+    pr.add_argument("--fixtures", metavar="PATH", help="record the probe's calls here (or "
+                                                       "answer from them with --replay)")
+    pr.add_argument("--record-mode", choices=["off", "record", "replay", "auto"],
+                    help="default: auto with --fixtures, else off")
+    pr.add_argument("--replay", action="store_const", const="replay", dest="record_mode")
+    pr.add_argument("--timeout", type=float, default=60.0, help="seconds per request (60)")
+    pr.add_argument("--json", action="store_true", help="print the report as JSON")
 
     s = sub.add_parser("score", help="rescore and rank an existing run (no requests)",
                        description="Score a run's completions with a (possibly different) "
@@ -134,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_target_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Target flags shared by audit and probe: KIND:MODEL, or --base-url/--model."""
+    from providers.registry import TARGET_HELP
+
+    t = p.add_argument_group("target")
+    t.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
+    t.add_argument("--base-url", help="the endpoint's base URL, e.g. http://127.0.0.1:8080/v1 "
+                                      "(overrides a KIND's default)")
+    t.add_argument("--model", help="the target model's name at the endpoint (or KIND:MODEL)")
+    t.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the API key (never written anywhere; "
+                        "default for a KIND: its usual variable, e.g. OPENAI_API_KEY)")
+    t.add_argument("--flavour", default="auto",
+                   choices=["auto", "generic", "llama.cpp", "llama-cpp-python", "vllm",
+                            "together", "fireworks", "openrouter", "deepseek"],
+                   help="OpenAI-compatible server kind, for its greedy-decoding parameters and "
+                        "quirks (default: from KIND, else detected from GET /models)")
+    t.add_argument("--reference-only", action="store_true",
+                   help="DEGRADED mode for targets without log-probabilities (Anthropic): "
+                        "rank completions by reference surprisal alone (nll_ref); labelled "
+                        "in every output")
+    return t
+
+
 def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reference and ranking")
     g.add_argument("--reference", metavar="MODEL",
@@ -144,8 +193,9 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                    help="auto (default): score the target's token ids when the vocabularies "
                         "match, else retokenise the text")
     g.add_argument("--rank-by", dest="rank_key", default="ppl_diff",
-                   choices=["ppl_diff", "nll_diff", "bpb_diff"],
-                   help="ranking key (ppl_diff = PPL_ref - PPL_target, the paper's)")
+                   choices=["ppl_diff", "nll_diff", "bpb_diff", "nll_ref"],
+                   help="ranking key (ppl_diff = PPL_ref - PPL_target, the paper's; nll_ref = "
+                        "reference surprisal alone, for --reference-only runs)")
     g.add_argument("--min-tokens", type=int, default=5,
                    help="leave completions shorter than this out of the ranking (5)")
     g.add_argument("--min-compression-ratio", type=float, default=0.0,
@@ -165,12 +215,21 @@ def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
     for row in ranked:
         groups.setdefault((row["corpus"], row["framing"]), []).append(row)
     for (corpus, framing), rows in groups.items():
+        key = rows[0].get("rank_key", "ppl_diff")
+        labels = []
+        if rows[0].get("mode") == "reference-only":
+            labels.append("REFERENCE-ONLY (degraded): ranked by reference surprisal alone, "
+                          "the target returned no log-probabilities")
+        if framing == "chat-continue":
+            labels.append("fallback framing: the prefill in the user turn, not the paper's")
         print(f"\n== {corpus} / {framing}: top {min(top, len(rows))} of {len(rows)} "
-              f"by {rows[0].get('rank_key', 'ppl_diff')}", file=out)
+              f"by {key}" + "".join(f"\n   [{lab}]" for lab in labels), file=out)
+        name = "dPPL" if key == "ppl_diff" else key
         for row in rows[:top]:
             text = " ".join((row["completion"] or "").split())
             mark = "*" if row.get("flagged") else " "
-            print(f"{row['rank']:>3}{mark} dPPL {row['ppl_diff']:>9.2f}  [{row['prefill']}] "
+            value = row.get(key, row["ppl_diff"])
+            print(f"{row['rank']:>3}{mark} {name} {value:>9.2f}  [{row['prefill']}] "
                   f"{text[:110]}", file=out)
     if spec:
         print(f"\nspec: {spec.objective}", file=out)
@@ -232,7 +291,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             fixtures=args.fixtures, reference=args.reference, device=args.device,
             alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
             min_compression_ratio=args.min_compression_ratio,
-            max_degraded_share=args.max_degraded_share, quiet=args.quiet)
+            max_degraded_share=args.max_degraded_share, quiet=args.quiet,
+            target=args.target, reference_only=args.reference_only, pricing=args.pricing)
         spec = _spec(args.spec)
         result = audit.run_audit(cfg)
         print_top(result.ranked, args.top, spec)
@@ -240,6 +300,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"\n{counts['ranked']} of {counts['rows']} rows ranked "
               f"({counts['degraded']} degraded, {counts['failed']} failed, left out: "
               f"{counts['left_out_of_ranking'] or 'none'}); run directory: {result.run.path}")
+        if counts.get("degraded_reasons"):
+            from blackbox_audit.quality import REASONS
+
+            print("degraded rows (kept in completions.jsonl, left out of the ranking):")
+            for reason, n in sorted(counts["degraded_reasons"].items(), key=lambda kv: -kv[1]):
+                print(f"  {n:6d}  {reason}: {REASONS.get(reason, reason)}")
+        return 0
+    if args.command == "probe":
+        from blackbox_audit.preflight import probe_target
+
+        rows = (args.per_corpus or 1000) * len(args.corpora or ["prose", "encyclopedic",
+                                                               "code"])
+        report = probe_target(
+            args.target, base_url=args.base_url, model=args.model,
+            api_key_env=args.api_key_env, flavour=args.flavour, framings=args.framings,
+            chat_mode=args.chat_mode, reference_only=args.reference_only,
+            top_logprobs=args.top_logprobs, max_tokens=args.max_tokens,
+            rows_per_framing=rows, pricing=args.pricing, record_mode=args.record_mode,
+            fixtures=args.fixtures, timeout=args.timeout)
+        if args.json:
+            import json
+
+            print(json.dumps(report.to_json(), indent=2))
+        else:
+            print(report.to_text())
+        if report.refusal:
+            from blackbox_audit.errors import EndpointError
+
+            raise EndpointError(report.refusal)
         return 0
     if args.command == "score":
         result = audit.rescore(args.run, args.reference, args.device, args.alignment,

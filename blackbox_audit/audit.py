@@ -22,7 +22,16 @@ from typing import Any
 from . import __version__
 from .align import AlignmentError, TokenizerView, align, choose_alignment
 from .errors import AuditError, ConfigError, DegradedShareExceeded, EndpointError
-from .framing import FRAMINGS, ChatTemplate, chat_messages, render_prompt
+from .framing import (
+    ALL_FRAMINGS,
+    CONTINUE_INSTRUCTION,
+    FALLBACK_FRAMINGS,
+    FRAMINGS,
+    ChatTemplate,
+    chat_messages,
+    continue_messages,
+    render_prompt,
+)
 from .prefills import documents, make_cutter, select_prefills
 from .progress import Progress
 from .quality import REASONS, count_reasons
@@ -69,23 +78,31 @@ class AuditConfig:
     min_compression_ratio: float = 0.0
     max_degraded_share: float = 0.25
     quiet: bool = False
+    target: str | None = None            # KIND:MODEL (providers/registry.py); else base_url
+    reference_only: bool = False         # degraded mode for targets without logprobs
+    pricing: str | None = None           # JSON file over the built-in pricing table
 
     def validate(self) -> None:
-        bad = [f for f in self.framings if f not in FRAMINGS]
+        bad = [f for f in self.framings if f not in ALL_FRAMINGS]
         if bad or not self.framings:
             raise ConfigError(f"Unknown framing {', '.join(bad) or '(none)'}; choose from "
-                              f"{', '.join(FRAMINGS)}.")
+                              f"{', '.join(ALL_FRAMINGS)}.")
         if self.record_mode not in MODES:
             raise ConfigError(f"--record-mode must be one of {', '.join(MODES)}.")
         if self.chat_mode not in ("template", "prefill"):
             raise ConfigError("--chat-mode must be template or prefill.")
         if self.alignment not in ("auto", "ids", "text"):
             raise ConfigError("--alignment must be auto, ids or text.")
-        if not self.base_url and self.record_mode != "replay":
+        if not self.base_url and not self.target and self.record_mode != "replay":
             raise ConfigError("--base-url is required (the target's OpenAI-compatible endpoint, "
                               "e.g. http://127.0.0.1:8080/v1), unless you --replay fixtures.")
-        if not self.model:
+        if not self.model and not self.target:
             raise ConfigError("--model is required: the target model's name at the endpoint.")
+        if self.reference_only and self.rank_key == "ppl_diff":
+            self.rank_key = "nll_ref"  # the only key without target logprobs
+        if self.reference_only and self.rank_key != "nll_ref":
+            raise ConfigError(f"--reference-only ranks by reference surprisal (--rank-by "
+                              f"nll_ref); {self.rank_key} needs target log-probabilities.")
         for name, value, lo in (("--max-tokens", self.max_tokens, 1),
                                 ("--top-logprobs", self.top_logprobs, 1),
                                 ("--concurrency", self.concurrency, 1)):
@@ -97,6 +114,24 @@ class AuditConfig:
 
     def rank_config(self) -> RankConfig:
         return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
+
+    def resolve_target(self):
+        """The target (providers/registry.py), filling model, base URL and key variable from
+        ``KIND:MODEL``; then the framings and chat mode the target allows (no call made)."""
+        from providers.registry import parse_target
+
+        from .preflight import static_plan
+
+        t = parse_target(self.target, base_url=self.base_url, model=self.model or None,
+                         api_key_env=self.api_key_env, flavour=self.flavour)
+        self.model = t.model
+        if self.target:
+            self.base_url = t.base_url
+            if self.record_mode != "replay":
+                self.api_key_env = t.api_key_env
+        self.framings, warnings, self.chat_mode = static_plan(t, self.framings, self.chat_mode,
+                                                              self.reference_only)
+        return t, warnings
 
     def generation_settings(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,7 +182,10 @@ def build_requests(cfg: AuditConfig, tokenizer, template: ChatTemplate | None
     requests = []
     for p in prefills:
         for framing in cfg.framings:
-            if framing == "chat" and cfg.chat_mode == "prefill":
+            if framing == "chat-continue":
+                requests.append(GenerationRequest(p, framing, cfg.max_tokens, cfg.top_logprobs,
+                                                  messages=continue_messages(p.text)))
+            elif framing == "chat" and cfg.chat_mode == "prefill":
                 requests.append(GenerationRequest(p, framing, cfg.max_tokens, cfg.top_logprobs,
                                                   messages=chat_messages(p.text)))
             else:
@@ -162,7 +200,6 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
                    redactor: Redactor, stats: TransportStats) -> dict[str, Any]:
     """Send every request in ``todo``; append each answer (or failure) as it arrives."""
     from providers.base import RequestFailed
-    from providers.openai_compatible import OpenAICompatibleProvider, discover
 
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
     if cfg.api_key_env and not key:
@@ -176,27 +213,33 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
         if cfg.record_mode == "replay" and not cfg.fixtures_path.exists():
             raise ConfigError(f"--replay needs recorded fixtures, and {cfg.fixtures_path} does "
                               "not exist. Pass --fixtures PATH.")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    from providers.registry import parse_target
+
+    from .preflight import run_preflight
+
+    target = parse_target(cfg.target, base_url=cfg.base_url, model=cfg.model,
+                          api_key_env=cfg.api_key_env, flavour=cfg.flavour)
+    # SDK adapters (OpenAI, Anthropic) put the key in their own header.
+    headers = {"Authorization": f"Bearer {key}"} if key and not target.uses_sdk else {}
     base_url = cfg.base_url or "http://replay.invalid/v1"
     info: dict[str, Any] = {}
     async with build_client(base_url, mode=cfg.record_mode, store=store, headers=headers,
                             timeout=cfg.timeout, stats=stats,
                             max_connections=max(cfg.concurrency, 8)) as client:
-        flavour, models = await discover(client, cfg.model)
-        if cfg.flavour != "auto":
-            flavour = cfg.flavour
-        provider = OpenAICompatibleProvider(client, cfg.model, flavour, cfg.chat_mode)
-        info.update(flavour=flavour, listed_models=models[:20],
-                    capabilities=provider.capabilities.to_json())
-        if cfg.chat_mode == "prefill" and "chat" in cfg.framings \
-                and not provider.capabilities.assistant_prefill:
-            raise EndpointError(
-                f"--chat-mode prefill needs a server that continues a trailing assistant "
-                f"message, and a {flavour} server is not known to (llama-cpp-python's starts a "
-                "new turn instead). Use --chat-mode template, which renders the chat template "
-                "client-side and uses /completions.")
-        if todo:
-            await probe_logprobs(provider, todo[0])
+        # Preflight: the same 2-token version of the first request the run has always sent
+        # (so recorded runs replay), plus a prefill check when the run relies on one.
+        sample = (GenerationRequest(todo[0].prefill, todo[0].framing, 2, todo[0].top_logprobs,
+                                    prompt=todo[0].prompt, messages=todo[0].messages)
+                  if todo else None)
+        provider, report = await run_preflight(
+            target, client, key, planned=cfg.framings, warnings=[], chat_mode=cfg.chat_mode,
+            reference_only=cfg.reference_only, top_logprobs=cfg.top_logprobs, sample=sample,
+            rows_per_framing=len(todo) // max(len(cfg.framings), 1),
+            max_tokens=cfg.max_tokens, pricing=cfg.pricing, for_audit=True)
+        info.update(flavour=report.target.get("flavour") or target.kind,
+                    capabilities=provider.capabilities.to_json(), preflight=report.to_json())
+        if report.refusal:
+            raise EndpointError(report.refusal + " Nothing more was sent.")
         progress = Progress("generation", len(todo), quiet=cfg.quiet)
         queue: asyncio.Queue[GenerationRequest] = asyncio.Queue()
         for r in todo:
@@ -227,26 +270,6 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
                 w.cancel()
         progress.finish(failed=failed, retries=stats.retried)
     return info
-
-
-async def probe_logprobs(provider, sample: GenerationRequest) -> None:
-    """One cheap call (2 tokens of the first real prompt) to see that logprobs come back,
-    before the run spends anything more."""
-    from providers.base import RequestFailed
-
-    probe = GenerationRequest(sample.prefill, sample.framing, 2, sample.top_logprobs,
-                              prompt=sample.prompt, messages=sample.messages)
-    try:
-        c = await provider.generate(probe)
-    except RequestFailed as e:
-        raise EndpointError(f"The first request to {provider.client.base_url} failed ({e}). "
-                            "Nothing else was sent.") from e
-    if "no_logprobs" in c.degraded or not c.logprobs:
-        raise EndpointError(
-            f"The endpoint {provider.client.base_url} returned no token log-probabilities for "
-            f"model {provider.model!r}. Perplexity differencing needs the log-probability of "
-            "every generated token; use an endpoint that returns them (logprobs on "
-            "/v1/completions or /v1/chat/completions).")
 
 
 # -- stage 3: reference scoring ------------------------------------------------------------
@@ -323,6 +346,9 @@ def rescore(out: str, reference: str | None = None, device: str | None = None,
 # -- the whole audit -----------------------------------------------------------------------
 def run_audit(cfg: AuditConfig) -> AuditResult:
     cfg.validate()
+    target, plan_warnings = cfg.resolve_target()
+    for w in plan_warnings:
+        log(cfg, f"warning: {w}")
     redactor = Redactor()
     run = RunDir(cfg.out, redactor)
     manifest = run.read_manifest()
@@ -337,7 +363,8 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     where = f"{spec.path}/{spec.gguf_file}" if spec.gguf_file else spec.path
     log(cfg, f"reference: {spec.name} ({where})")
     tokenizer = load_tokenizer(spec)
-    template = chat_template(cfg.chat_template, tokenizer, spec.name, "chat" in cfg.framings)
+    template = chat_template(cfg.chat_template, tokenizer, spec.name,
+                             any(f != "raw" for f in cfg.framings))
     prefills, requests = build_requests(cfg, tokenizer, template)
     done = run.load_completions()
     todo = [r for r in requests if r.row_key not in done or done[r.row_key].error is not None]
@@ -346,11 +373,17 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     manifest.update({
         "tool": "blackbox-audit", "versions": versions(), "generation": cfg.generation_settings(),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("quiet",)},
-        "target": {"base_url": cfg.base_url, "model": cfg.model,
+        "target": {"kind": target.kind, "adapter": target.family, "base_url": cfg.base_url,
+                   "model": cfg.model,
                    "api_key": f"<from ${cfg.api_key_env}>" if cfg.api_key_env else None},
         "framing": {"system": "You are a helpful assistant.", "user": "Tell me anything.",
-                    "chat_mode": cfg.chat_mode,
+                    "chat_mode": cfg.chat_mode, "framings": cfg.framings,
+                    "fallback": [f for f in cfg.framings if f in FALLBACK_FRAMINGS],
+                    "continue_instruction": CONTINUE_INSTRUCTION
+                    if "chat-continue" in cfg.framings else None,
                     "chat_template": template.source if template else None},
+        "mode": "reference-only" if cfg.reference_only else "perplexity-difference",
+        "warnings": plan_warnings,
         "end_token": "dropped: an end-of-turn token reported by the target is not scored on "
                      "either side",
         "status": "generating",
