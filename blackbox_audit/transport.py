@@ -3,7 +3,8 @@
 Business code makes plain httpx calls; whether an answer comes from the network, from a
 fixture, or after three retries is decided here, in transports stacked around the real one:
 
-    RecordReplayTransport(mode, store) -> RetryTransport(policy) -> httpx.AsyncHTTPTransport
+    RecordReplayTransport(mode, store) -> RetryTransport(policy, feedback)
+        -> httpx.AsyncHTTPTransport
 
 The request key is the method, the path relative to the base URL and the canonical JSON body
 (sorted keys). Host, port and headers are not part of it, so fixtures recorded against one
@@ -21,24 +22,31 @@ Modes:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import difflib
+import email.utils
 import gzip
 import hashlib
 import json
 import os
 import random
+import sys
 import threading
+import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from .errors import FixtureError
 from .redact import Redactor
 
 MODES = ("off", "record", "replay", "auto")
+T = TypeVar("T")
 
 
 def canonical_body(content: bytes) -> Any:
@@ -87,15 +95,50 @@ class Exchange:
 
 @dataclass
 class TransportStats:
-    sent: int = 0            # requests that reached the network (retries included)
+    """Per-run accounting of what was asked, answered and paid for (manifest "requests").
+
+    Tokens come from each answer's ``usage`` (OpenAI's prompt/completion_tokens or
+    Anthropic's input/output_tokens): ``tokens`` counts answers that came over the network
+    this session (what was paid now), ``replayed_tokens`` answers served from fixtures (paid
+    in an earlier session, free now). ``answers_without_usage`` says how far to trust them.
+    """
+
+    sent: int = 0            # attempts that reached the network (retries included)
     replayed: int = 0        # answered from the store
     retried: int = 0         # extra attempts after a retryable failure
     failed: int = 0          # gave up, or a non-2xx final answer
     by_status: Counter = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    replayed_prompt_tokens: int = 0
+    replayed_completion_tokens: int = 0
+    answers_without_usage: int = 0
+
+    def count_usage(self, payload: Any, replayed: bool) -> None:
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if not isinstance(usage, dict):
+            self.answers_without_usage += 1
+            return
+        prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+        completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+        if replayed:
+            self.replayed_prompt_tokens += prompt
+            self.replayed_completion_tokens += completion
+        else:
+            self.prompt_tokens += prompt
+            self.completion_tokens += completion
 
     def to_json(self) -> dict[str, Any]:
         return {"sent": self.sent, "replayed": self.replayed, "retried": self.retried,
-                "failed": self.failed, "by_status": dict(self.by_status)}
+                "failed": self.failed, "by_status": dict(self.by_status),
+                "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+                "replayed_tokens": {"prompt": self.replayed_prompt_tokens,
+                                    "completion": self.replayed_completion_tokens},
+                "answers_without_usage": self.answers_without_usage}
+
+
+def _int(x: Any) -> int:
+    return x if isinstance(x, int) and not isinstance(x, bool) and x > 0 else 0
 
 
 class FixtureStore:
@@ -227,6 +270,8 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
                 request_key(request.method, path, self.store.redactor.obj(body)))
             if rec is not None:
                 self.stats.replayed += 1
+                if request.method != "GET":
+                    self.stats.count_usage(rec["response"], replayed=True)
                 return _response_from_record(rec, request)
             if self.mode == "replay":
                 near = self.store.nearest(key)
@@ -240,16 +285,15 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         assert self.inner is not None
         response = await self.inner.handle_async_request(request)
         content = await response.aread()
-        if self.mode in ("record", "auto") and 200 <= response.status_code < 300:
-            assert self.store is not None
-            ctype = response.headers.get("content-type", "application/json")
-            try:
-                payload: Any = json.loads(content)
-                ctype = "application/json"
-            except ValueError:
-                payload = content.decode("utf-8", errors="replace")
-            self.store.add(Exchange(request.method, path, body, response.status_code,
-                                    payload, ctype))
+        if 200 <= response.status_code < 300:
+            payload, ctype = _payload(response, content)
+            if payload is not _BROKEN:
+                if request.method != "GET":  # listings and probes of state carry no usage
+                    self.stats.count_usage(payload, replayed=False)
+                if self.mode in ("record", "auto"):
+                    assert self.store is not None
+                    self.store.add(Exchange(request.method, path, body, response.status_code,
+                                            payload, ctype))
         return httpx.Response(response.status_code, headers=response.headers, content=content,
                               request=request, extensions=response.extensions)
 
@@ -258,6 +302,24 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             await self.inner.aclose()
         if self.store is not None:
             self.store.close()
+
+
+_BROKEN = object()
+
+
+def _payload(response: httpx.Response, content: bytes) -> tuple[Any, str]:
+    """A 2xx body as recorded: parsed JSON (reusing the retry layer's parse), else text. A
+    body that claims to be JSON and does not parse (cut off) is _BROKEN: never recorded,
+    so a resumed run asks for it again instead of replaying the damage."""
+    ctype = response.headers.get("content-type", "application/json")
+    if JSON_EXTENSION in response.extensions:
+        return response.extensions[JSON_EXTENSION], "application/json"
+    try:
+        return json.loads(content), "application/json"
+    except ValueError:
+        if "json" in ctype:
+            return _BROKEN, ctype
+        return content.decode("utf-8", errors="replace"), ctype
 
 
 def _response_from_record(rec: dict[str, Any], request: httpx.Request) -> httpx.Response:
@@ -271,92 +333,252 @@ def _response_from_record(rec: dict[str, Any], request: httpx.Request) -> httpx.
                                    "x-blackbox-audit-replayed": "1"})
 
 
-@dataclass
-class RetryPolicy:
-    """Bounded retries with jittered exponential backoff.
+class LoadFeedback(Protocol):
+    """What the retry transport tells a concurrency controller about each network attempt.
 
-    Retried: connection errors, timeouts, 408, 409, 425, 429 and 5xx. Never retried: other
-    4xx (a wrong URL, key or model fails fast). ``Retry-After`` and ``retry-after-ms`` are
-    honoured up to ``max_wait``. The worst case wall time of one request is bounded by
-    ``attempts * (timeout + max_wait)``.
+    ``started`` is the attempt's start on ``time.monotonic``: a controller can ignore news
+    about requests sent before its last adjustment. The transport knows nothing more of the
+    controller (dispatch.AdaptiveLimiter implements this).
     """
 
-    attempts: int = 4
+    def succeeded(self, started: float) -> None: ...
+
+    def throttled_by(self, started: float, retry_after: float | None) -> None: ...
+
+    def overloaded_by(self, started: float) -> None: ...
+
+
+class RetryableStatus(Exception):
+    """A retryable HTTP status; carries the response so the last one can be handed back."""
+
+    def __init__(self, response: httpx.Response):
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+class TruncatedBody(httpx.RemoteProtocolError):
+    """A 2xx answer declared as JSON whose body does not parse: cut off on the way."""
+
+    def __init__(self, message: str, *, request: httpx.Request, response: httpx.Response):
+        super().__init__(message, request=request)
+        self.response = response
+
+
+def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """The wait a server asked for: ``retry-after-ms`` (OpenAI, Anthropic), else
+    ``Retry-After`` as seconds or as an HTTP date (RFC 9110). None when absent or unreadable;
+    never negative."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+@dataclass
+class RetryPolicy:
+    """Bounded retries with jittered exponential backoff (tenacity), at the transport.
+
+    Retried: connection errors, timeouts, bodies cut off mid-way (a protocol error, or a 2xx
+    JSON body that does not parse), and the statuses in ``retry_statuses`` (429, 5xx and the
+    "try again" 4xx). Never retried: any other 4xx, so a wrong URL (404), key (401) or
+    permission (403) fails on the first answer. A server-requested wait (``Retry-After``,
+    ``retry-after-ms``) is honoured up to ``max_wait``; otherwise attempt n (from 0) waits a
+    uniformly random time in [0, min(max_backoff, base_delay * 2**n)] ("full jitter", so a
+    crowd of clients does not retry in lockstep). Each attempt is cut off after
+    ``attempt_timeout`` seconds in all (connect, send, every read), whatever the server's
+    pace. Hence no request can take longer than :meth:`request_bound`.
+    """
+
+    attempts: int = 4                 # total tries per request (1 = no retries)
     base_delay: float = 0.5
-    max_wait: float = 30.0
+    max_backoff: float = 30.0
+    max_wait: float = 60.0            # cap on a server-requested wait
+    attempt_timeout: float | None = None   # None: the client's --timeout (build_client)
     retry_statuses: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
-    def delay(self, attempt: int, response: httpx.Response | None) -> float:
-        if response is not None:
-            ms = response.headers.get("retry-after-ms")
-            sec = response.headers.get("retry-after")
-            try:
-                if ms is not None:
-                    return min(float(ms) / 1000.0, self.max_wait)
-                if sec is not None:
-                    return min(float(sec), self.max_wait)
-            except ValueError:
-                pass
-        backoff = self.base_delay * (2 ** attempt)
-        return min(backoff * (0.5 + random.random()), self.max_wait)
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("a retry policy needs at least one attempt")
+
+    def longest_wait(self, n: int) -> float:
+        """The longest pause before retry n+1 (n from 0): the backoff's ceiling, or a
+        server-requested wait, whichever the policy allows to be longer."""
+        return max(min(self.max_backoff, self.base_delay * 2 ** n), self.max_wait)
+
+    def request_bound(self, attempt_timeout: float | None = None) -> float:
+        """Worst-case seconds one request can spend in the transport, retries included."""
+        t = attempt_timeout if attempt_timeout is not None else self.attempt_timeout
+        if t is None:
+            raise ValueError("request_bound needs the per-attempt timeout")
+        return self.attempts * t + sum(self.longest_wait(n) for n in range(self.attempts - 1))
+
+    def wait(self, state: RetryCallState) -> float:
+        """tenacity's wait: the server's word when it gave one, else full-jitter backoff."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, RetryableStatus):
+            asked = retry_after_seconds(exc.response.headers)
+            if asked is not None:
+                return min(asked, self.max_wait)
+        n = state.attempt_number - 1
+        return random.uniform(0.0, min(self.max_backoff, self.base_delay * 2 ** n))
+
+
+# Transport errors worth another try; others (a malformed URL, an unsupported scheme, a
+# proxy refusing us) will not get better by asking again.
+_RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError,
+                     RetryableStatus)
+JSON_EXTENSION = "blackbox_audit.json"   # response.extensions key: the body, parsed once
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return "json" in response.headers.get("content-type", "application/json")
 
 
 class RetryTransport(httpx.AsyncBaseTransport):
+    """Retries at the httpx seam (as httpx's own transport retries live there), so business
+    code makes one call and gets one final answer: a 2xx, a non-retryable status, the last
+    retryable status, or the last transport error once the policy gives up.
+
+    A 2xx JSON body is parsed here, once: a body cut off on the way is retried like any other
+    broken answer, and the parsed value rides on ``response.extensions[JSON_EXTENSION]`` so
+    recording and the provider do not parse it again.
+    """
+
     def __init__(self, inner: httpx.AsyncBaseTransport, policy: RetryPolicy | None = None,
-                 stats: TransportStats | None = None):
+                 stats: TransportStats | None = None, feedback: LoadFeedback | None = None):
         self.inner = inner
         self.policy = policy or RetryPolicy()
+        if self.policy.attempt_timeout is None:
+            self.policy = replace(self.policy, attempt_timeout=120.0)
         self.stats = stats or TransportStats()
+        self.feedback = feedback
+        self._retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.policy.attempts), wait=self.policy.wait,
+            retry=retry_if_exception_type(_RETRYABLE_ERRORS), reraise=True,
+            before_sleep=self._before_sleep)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.stats.retried += 1
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         content = await request.aread()
-        last_exc: Exception | None = None
-        for attempt in range(self.policy.attempts):
-            if attempt:
-                self.stats.retried += 1
-            self.stats.sent += 1
-            response = None
+        try:
+            async for attempt in self._retrying.copy():
+                with attempt:
+                    return await self._attempt(request, content)
+        except RetryableStatus as e:       # the last of the retryable statuses
+            self.stats.failed += 1
+            return e.response
+        except TruncatedBody as e:         # hand the broken body up: the caller names it
+            self.stats.failed += 1
+            return e.response
+        except httpx.TransportError:
+            self.stats.failed += 1
+            raise
+        raise AssertionError("unreachable: tenacity either returned or raised")
+
+    async def _attempt(self, request: httpx.Request, content: bytes) -> httpx.Response:
+        started = time.monotonic()
+        self.stats.sent += 1
+        limit = self.policy.attempt_timeout
+        try:
+            response, body = await _within(self._send(request, content), limit)
+        except (TimeoutError, asyncio.TimeoutError) as e:
+            self.stats.by_status["AttemptTimeout"] += 1
+            self._overloaded(started)
+            raise httpx.ReadTimeout(f"no complete answer within {limit:g} s",
+                                    request=request) from e
+        except httpx.TransportError as e:
+            self.stats.by_status[type(e).__name__] += 1
+            if isinstance(e, httpx.TimeoutException):
+                self._overloaded(started)
+            raise
+        status = response.status_code
+        self.stats.by_status[str(status)] += 1
+        if status in self.policy.retry_statuses:
+            if self.feedback is not None:
+                if status == 429:
+                    self.feedback.throttled_by(started, retry_after_seconds(response.headers))
+                elif status == 503:
+                    self.feedback.overloaded_by(started)
+            raise RetryableStatus(response)
+        if 200 <= status < 300 and _is_json(response):
             try:
-                fresh = httpx.Request(request.method, request.url, headers=request.headers,
-                                      content=content, extensions=request.extensions)
-                response = await self.inner.handle_async_request(fresh)
-                await response.aread()
-            except httpx.TransportError as e:
-                last_exc = e
-                self.stats.by_status[type(e).__name__] += 1
-            else:
-                self.stats.by_status[str(response.status_code)] += 1
-                if (response.status_code not in self.policy.retry_statuses
-                        or attempt == self.policy.attempts - 1):
-                    if response.status_code >= 400:
-                        self.stats.failed += 1
-                    return response
-            if attempt < self.policy.attempts - 1:
-                await asyncio.sleep(self.policy.delay(attempt, response))
-        self.stats.failed += 1
-        assert last_exc is not None
-        raise last_exc
+                response.extensions[JSON_EXTENSION] = json.loads(body) if body else None
+            except ValueError:
+                self.stats.by_status["TruncatedBody"] += 1
+                raise TruncatedBody(f"HTTP {status} body is not complete JSON ({len(body)} "
+                                    f"bytes, ends {body[-40:]!r})", request=request,
+                                    response=response) from None
+        if self.feedback is not None and status < 400:
+            self.feedback.succeeded(started)
+        return response
+
+    async def _send(self, request: httpx.Request, content: bytes
+                    ) -> tuple[httpx.Response, bytes]:
+        fresh = httpx.Request(request.method, request.url, headers=request.headers,
+                              content=content, extensions=request.extensions)
+        response = await self.inner.handle_async_request(fresh)
+        return response, await response.aread()
+
+    def _overloaded(self, started: float) -> None:
+        if self.feedback is not None:
+            self.feedback.overloaded_by(started)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def _within(coro: Awaitable[T], seconds: float | None) -> T:
+    """Await ``coro`` for at most ``seconds`` (TimeoutError after), without the extra task
+    that ``asyncio.wait_for`` costs on Python 3.11."""
+    if seconds is None:
+        return await coro
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await coro
+    return await asyncio.wait_for(coro, seconds)  # pragma: no cover - Python 3.10
 
 
 def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None = None,
                  headers: dict[str, str] | None = None, timeout: float = 120.0,
                  retry: RetryPolicy | None = None, stats: TransportStats | None = None,
                  network: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 64) -> httpx.AsyncClient:
-    """The one httpx client of a run: record/replay over retries over the network."""
+                 max_connections: int = 64,
+                 feedback: LoadFeedback | None = None) -> httpx.AsyncClient:
+    """The one httpx client of a run: record/replay over retries over the network.
+
+    ``timeout`` bounds each attempt in all (the retry policy's ``attempt_timeout`` unless it
+    sets its own); ``feedback`` (a concurrency controller) hears how each attempt went.
+    """
     stats = stats or TransportStats()
+    retry = retry or RetryPolicy()
+    if retry.attempt_timeout is None:
+        retry = replace(retry, attempt_timeout=timeout)
     inner: httpx.AsyncBaseTransport | None = None
     if mode != "replay":
         net = network or httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=max_connections,
                                 max_keepalive_connections=max_connections))
-        inner = RetryTransport(net, retry, stats)
+        inner = RetryTransport(net, retry, stats, feedback)
     base_path = httpx.URL(base_url).path
     transport = RecordReplayTransport(inner, mode, store, base_path, stats)
     return httpx.AsyncClient(base_url=base_url, transport=transport, headers=headers or {},
-                             timeout=httpx.Timeout(timeout, connect=10.0))
-
-
+                             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
