@@ -156,6 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--token-rows", type=int, metavar="N",
                     help="keep per-token data for the top N rows of each (corpus, framing) "
                          "only, for a smaller file (default: every row)")
+
+    sm = sub.add_parser("summarize", help="ask a judge model what the top rows say the "
+                                          "finetune taught (writes hypotheses.md)",
+                        description="Send the top-ranked completions to a judge model (OpenAI "
+                        "or Anthropic, official SDKs) and write RUN/hypotheses.md: candidate "
+                        "finetuning objectives, each citing the row ids that support it, and "
+                        "the caveats. The prompt, the rows sent, the answer and the recorded "
+                        "exchange are saved in RUN/summarize/.", epilog=EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sm.add_argument("run", help="run directory")
+    sm.add_argument("--judge", required=True, metavar="PROVIDER:MODEL",
+                    help="openai:MODEL or anthropic:MODEL")
+    sm.add_argument("--top", type=int, default=10,
+                    help="rows sent from the top of each (corpus, framing) ranking (10)")
+    sm.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the "
+                    "judge's API key (default OPENAI_API_KEY / ANTHROPIC_API_KEY; never "
+                    "written anywhere)")
+    sm.add_argument("--base-url", help="the judge API's base URL (a proxy or gateway)")
+    sm.add_argument("--record-mode", default="auto", choices=["off", "record", "replay", "auto"],
+                    help="auto (default): answer from recorded exchanges when present, else "
+                         "ask and record")
+    sm.add_argument("--replay", action="store_const", const="replay", dest="record_mode",
+                    help="answer from recorded exchanges only (no network, no key)")
+    sm.add_argument("--fixtures", metavar="PATH",
+                    help="exchanges file (default RUN/summarize/exchanges.jsonl)")
+    sm.add_argument("--timeout", type=float, default=120.0, help="seconds (120)")
     return p
 
 
@@ -365,6 +391,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         r = render(args.run, _spec(args.spec), args.reference, args.token_rows, args.out)
         print(f"report: {r.path} ({r.rows} rows, {r.rows_with_tokens} with per-token data, "
               f"{r.bytes / 1e6:.1f} MB)")
+        return 0
+    if args.command == "summarize":
+        from blackbox_audit.summarize import summarize
+
+        s = summarize(args.run, args.judge, top=args.top, base_url=args.base_url,
+                      api_key_env=args.api_key_env, record_mode=args.record_mode,
+                      fixtures=args.fixtures, timeout=args.timeout)
+        for n, h in enumerate(s.hypotheses, 1):
+            print(f"H{n} ({h['confidence']}, {len(h['row_ids'])} rows): "
+                  f"{' '.join(h['objective'].split())[:160]}")
+        print(f"{s.rows_sent} rows sent; hypotheses and caveats: {s.path}")
         return 0
     raise AssertionError(args.command)
 
