@@ -28,7 +28,7 @@ from blackbox_audit.records import Completion, GenerationRequest
 
 from .base import Capabilities, Provider, WireRequest, completion_from_columns
 from .openai_api import _unwrap
-from .sdk_bridge import as_httpx_response, sdk_http_client
+from .sdk_bridge import as_httpx_response, sdk_http_client, split_params
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
@@ -93,7 +93,9 @@ class AnthropicProvider(Provider):
     async def send(self, wire: WireRequest) -> httpx.Response:
         anthropic = self._anthropic
         try:
-            raw = await self.sdk.messages.with_raw_response.create(**wire.body)
+            typed, extra = split_params(self.sdk.messages.create, wire.body)
+            raw = await self.sdk.messages.with_raw_response.create(
+                **typed, **({"extra_body": extra} if extra else {}))
         except anthropic.APIStatusError as e:
             return as_httpx_response(e.response)
         except anthropic.APIConnectionError as e:

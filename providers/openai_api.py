@@ -32,7 +32,7 @@ from blackbox_audit.records import Completion, GenerationRequest
 
 from .base import Capabilities, Provider, WireRequest, completion_from_columns
 from .protocol import token_columns
-from .sdk_bridge import as_httpx_response, sdk_http_client
+from .sdk_bridge import as_httpx_response, sdk_http_client, split_params
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -120,10 +120,12 @@ class OpenAIProvider(Provider):
     async def send(self, wire: WireRequest) -> httpx.Response:
         """Call the SDK; hand back the raw HTTP answer (errors included) for shared handling."""
         openai = self._openai
-        create = (self.sdk.completions.with_raw_response.create if wire.path == "/completions"
-                  else self.sdk.chat.completions.with_raw_response.create)
+        resource = self.sdk.completions if wire.path == "/completions" \
+            else self.sdk.chat.completions
+        typed, extra = split_params(resource.create, wire.body)
         try:
-            raw = await create(**wire.body)
+            raw = await resource.with_raw_response.create(
+                **typed, **({"extra_body": extra} if extra else {}))
         except openai.APIStatusError as e:
             return as_httpx_response(e.response)
         except openai.APIConnectionError as e:

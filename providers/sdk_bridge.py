@@ -64,3 +64,18 @@ def as_httpx_response(sdk_response: Any) -> httpx.Response:
                           headers=[(k, v) for k, v in sdk_response.headers.items()
                                    if k.lower() not in ("content-encoding", "content-length")],
                           request=ours)
+
+
+def split_params(create: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the SDK method's own keyword parameters, the rest for ``extra_body``). SDK versions
+    add and drop typed parameters (anthropic 2.x no longer types ``temperature``); what the
+    wire needs goes out either way, and the JSON body is the same."""
+    import inspect
+
+    try:
+        params = inspect.signature(create).parameters
+    except (TypeError, ValueError):
+        return dict(body), {}
+    typed = {k: v for k, v in body.items() if k in params and k != "extra_body"}
+    extra = {k: v for k, v in body.items() if k not in typed}
+    return typed, extra
