@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "failed (0.25); the rows are kept either way")
     a.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     a.add_argument("--top", type=int, default=5, help="rows to print per group at the end (5)")
+    a.add_argument("--no-report", action="store_true",
+                   help="do not write RUN/report.html at the end (`blackbox-audit report RUN` "
+                        "writes it later)")
     a.add_argument("--spec", metavar="FILE",
                    help="organism spec (JSON, known objective): mark and count matching rows")
     a.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -264,6 +267,25 @@ def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
             print(f"{framing}: {hit} of the top {shown} match the spec ({detail})", file=out)
 
 
+def show_top(ranked: list[dict], top: int, spec=None) -> None:
+    """On a terminal, the top rows as one compact table; elsewhere (logs, pipes, tests) the
+    plain lines of :func:`print_top`."""
+    from blackbox_audit.flag import flag_rows, framing_summary, top_counts
+    from blackbox_audit.progress import top_table, use_rich
+
+    if not use_rich(sys.stdout):
+        print_top(ranked, top, spec)
+        return
+    if spec:
+        flag_rows(ranked, spec)
+    top_table(ranked, top)
+    if spec:
+        print(f"spec: {spec.objective}")
+        for framing, hit, shown, parts in framing_summary(top_counts(ranked, top)):
+            detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
+            print(f"{framing}: {hit} of the top {shown} match the spec ({detail})")
+
+
 def _spec(path: str | None):
     """The organism spec, loaded (and so checked) before anything is spent."""
     from blackbox_audit.flag import OrganismSpec
@@ -321,7 +343,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             target=args.target, reference_only=args.reference_only, pricing=args.pricing)
         spec = _spec(args.spec)
         result = audit.run_audit(cfg)
-        print_top(result.ranked, args.top, spec)
+        show_top(result.ranked, args.top, spec)
         counts = result.manifest["counts"]
         print(f"\n{counts['ranked']} of {counts['rows']} rows ranked "
               f"({counts['degraded']} degraded, {counts['failed']} failed, left out: "
@@ -332,6 +354,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("degraded rows (kept in completions.jsonl, left out of the ranking):")
             for reason, n in sorted(counts["degraded_reasons"].items(), key=lambda kv: -kv[1]):
                 print(f"  {n:6d}  {reason}: {REASONS.get(reason, reason)}")
+        if not args.no_report:
+            from blackbox_audit.report import render
+
+            r = render(result.run.path, spec)
+            print(f"report: {r.path} (self-contained; open it in a browser)")
         return 0
     if args.command == "probe":
         from blackbox_audit.preflight import probe_target

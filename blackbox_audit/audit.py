@@ -33,7 +33,7 @@ from .framing import (
     render_prompt,
 )
 from .prefills import documents, make_cutter, select_prefills
-from .progress import Progress
+from .progress import Progress, count_progress
 from .quality import REASONS, count_reasons
 from .rank import COLUMNS, RankConfig, rank
 from .records import Completion, GenerationRequest, Prefill
@@ -177,7 +177,8 @@ def build_requests(cfg: AuditConfig, tokenizer, template: ChatTemplate | None
     counter = (tokenizer if cfg.prefill_tokenizer == "reference"
                else load_tokenizer(ReferenceSpec.parse(cfg.prefill_tokenizer)))
     cut = make_cutter(lambda s: counter(s, add_special_tokens=False).input_ids, counter.decode)
-    prefills = select_prefills(documents(cfg.prefills), cut, cfg.prefill_tokens,
+    docs = count_progress(documents(cfg.prefills), "prefills", "documents read", quiet=cfg.quiet)
+    prefills = select_prefills(docs, cut, cfg.prefill_tokens,
                                cfg.per_corpus, cfg.seed, cfg.corpora)
     requests = []
     for p in prefills:
@@ -299,6 +300,7 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
                                   progress=lambda d, _t, b=base: progress.update(done=b + d))
         for c, item, lps in zip(rows[lo: lo + chunk], part, ref_lps, strict=True):
             run.append_score(reference.name, score_row(c, item, lps))
+        progress.update(rows=f"{min(lo + chunk, len(items))}/{len(items)}")
     progress.finish()
     paths: dict[str, int] = {}
     for i in items:

@@ -224,7 +224,8 @@ def top_table(ranked: list[dict[str, Any]], top: int, stream: TextIO | None = No
     if flagged:
         table.add_column("*", no_wrap=True)
     table.add_column(key, justify="right", no_wrap=True)
-    table.add_column("[prefill] completion", ratio=1, no_wrap=True, overflow="ellipsis")
+    table.add_column(Text("[prefill] completion"), ratio=1, no_wrap=True,
+                     overflow="ellipsis")
     last = None
     for row in ranked:
         if row["rank"] >= top:

@@ -120,4 +120,5 @@ def test_top_table_prints_model_text_literally():
     assert "\x1b" not in text and "\x07" not in text
     assert "clear" in text and "below the cut" not in text
     assert "12.50" in text and "prose / chat" in text and "*" in text
+    assert "[prefill] completion" in text
     assert terminal_safe("a\x1b[31m\tb\n\nc") == "a\ufffd[31m b c"
