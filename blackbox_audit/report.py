@@ -43,7 +43,8 @@ from .records import Completion, Score
 from .rundir import RunDir, write_atomic
 
 TEMPLATES = Path(__file__).parent / "templates"
-SCORE_COLUMNS = ["ppl_diff", "nll_diff", "bpb_diff", "ppl_ref", "ppl_target"]
+SCORE_COLUMNS = ["ppl_diff", "nll_diff", "bpb_diff", "vs_floor", "nll_ref", "ppl_ref",
+                 "ppl_target"]
 
 
 @dataclass
@@ -320,7 +321,7 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     script_hash = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     data = {"rows": rows, "rank_key": key, "has_flag": spec is not None,
-            "scores": [k for k in SCORE_COLUMNS if any(k in r for r in rows)],
+            "scores": [k for k in SCORE_COLUMNS if any(r.get(k) is not None for r in rows)],
             "corpora": sorted(Counter(r["corpus"] for r in rows)),
             "framings": sorted(Counter(r["framing"] for r in rows))}
     page = _env().get_template("report.html.j2").render(
@@ -328,6 +329,8 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
         run_path=str(run.path), summary=manifest_summary(manifest, ref),
         charts=distribution_svg(rows, key), rank_key=key,
         spec=spec.objective if spec else None, spec_lines=spec_lines,
+        reference_only=any(r.get("mode") == "reference-only" for r in ranked),
+        fallback="chat-continue" in data["framings"],
         n_rows=len(rows), with_tokens=with_tokens, token_rows=token_rows,
         generated=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         data=run.redactor.obj(data), script=script, script_hash=script_hash)

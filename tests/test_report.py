@@ -210,7 +210,10 @@ def test_report_rows_scores_flags_and_summary(tmp_path):
     data = page_data(html)
     rows = data["rows"]
     assert len(rows) == len(ranked) == 24
-    assert data["scores"] == ["ppl_diff", "nll_diff", "bpb_diff", "ppl_ref", "ppl_target"]
+    # vs_floor is left out: no noise floor was known, so every row's is null
+    assert data["scores"] == ["ppl_diff", "nll_diff", "bpb_diff", "nll_ref", "ppl_ref",
+                              "ppl_target"]
+    assert "REFERENCE-ONLY" not in html
     assert data["corpora"] == ["code", "encyclopedic", "prose"]
     by_id = {r["id"]: r for r in rows}
     for r in ranked:
@@ -270,3 +273,17 @@ def test_report_command(tmp_path, capsys):
     assert str(out) in printed and "24 rows" in printed
     assert page_data(out.read_text())["has_flag"] is True
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_reference_only_rows_are_labelled(tmp_path):
+    run = make_run(tmp_path / "run", xss=False)
+    ranked = run.load_ranked()
+    for r in ranked:
+        r.update(mode="reference-only", rank_key="nll_ref", ppl_diff=None, nll_diff=None,
+                 bpb_diff=None, ppl_target=None)
+    run.write_ranked(ranked, COLUMNS)
+    html = render(run.path).path.read_text()
+    data = page_data(html)
+    assert "REFERENCE-ONLY run (degraded)" in html
+    assert data["rank_key"] == "nll_ref" and "ppl_diff" not in data["scores"]
+    assert "nll_ref distribution" in html
