@@ -39,8 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "missing rows are requested.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t = _add_target_flags(a)
-    t.add_argument("--timeout", type=float, default=120.0, help="seconds per request (120)")
-    t.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    t.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds per attempt, all phases together (120)")
+    t.add_argument("--concurrency", "--max-concurrency", dest="concurrency", type=int,
+                   default=16, help="most requests in flight (16); below it the window "
+                                    "adapts: halved on 429/503/timeouts, grown while healthy")
+    t.add_argument("--start-concurrency", type=int,
+                   help="requests in flight at the start (default: min(8, --concurrency))")
+    t.add_argument("--retries", type=int, default=3,
+                   help="extra attempts per request on 429, 5xx, timeouts and broken answers "
+                        "(3), with jittered exponential backoff or the server's Retry-After; "
+                        "401/403/404 are never retried")
     g = a.add_argument_group("prefills and framing")
     g.add_argument("--prefills", default="builtin",
                    help="builtin (default), file:PATH (.txt one document per line, or .jsonl "
@@ -335,7 +344,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             per_corpus=args.per_corpus or None, prefill_tokens=args.prefill_tokens,
             prefill_tokenizer=args.prefill_tokenizer, seed=args.seed,
             max_tokens=args.max_tokens, top_logprobs=args.top_logprobs,
-            concurrency=args.concurrency, timeout=args.timeout, record_mode=args.record_mode,
+            concurrency=args.concurrency, start_concurrency=args.start_concurrency,
+            retries=args.retries, timeout=args.timeout, record_mode=args.record_mode,
             fixtures=args.fixtures, reference=args.reference, device=args.device,
             alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
             min_compression_ratio=args.min_compression_ratio,

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import __version__
 from .align import AlignmentError, TokenizerView, align, choose_alignment
+from .dispatch import AdaptiveLimiter, run_all
 from .errors import AuditError, ConfigError, DegradedShareExceeded, EndpointError
 from .framing import (
     ALL_FRAMINGS,
@@ -41,7 +42,7 @@ from .redact import Redactor
 from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
 from .rundir import RunDir
 from .scores import score_row
-from .transport import MODES, FixtureStore, TransportStats, build_client
+from .transport import MODES, FixtureStore, RetryPolicy, TransportStats, build_client
 
 # Settings that decide which requests a run sends: a resumed run must match them.
 GENERATION_KEYS = ("model", "framings", "chat_mode", "prefills", "corpora", "per_corpus",
@@ -66,7 +67,9 @@ class AuditConfig:
     seed: int = 0
     max_tokens: int = 100
     top_logprobs: int = 5
-    concurrency: int = 8
+    concurrency: int = 16                # the cap on requests in flight (adaptive below it)
+    start_concurrency: int | None = None  # where the adaptive window starts: min(cap, 8)
+    retries: int = 3                     # extra attempts per request (tenacity, bounded)
     timeout: float = 120.0
     record_mode: str = "auto"
     fixtures: str | None = None          # default: <out>/exchanges.jsonl
@@ -105,12 +108,17 @@ class AuditConfig:
                               f"nll_ref); {self.rank_key} needs target log-probabilities.")
         for name, value, lo in (("--max-tokens", self.max_tokens, 1),
                                 ("--top-logprobs", self.top_logprobs, 1),
-                                ("--concurrency", self.concurrency, 1)):
+                                ("--concurrency", self.concurrency, 1),
+                                ("--start-concurrency", self.start_concurrency or 1, 1),
+                                ("--retries", self.retries, 0)):
             if value < lo:
                 raise ConfigError(f"{name} must be at least {lo}.")
         if not 0.0 <= self.max_degraded_share <= 1.0:
             raise ConfigError("--max-degraded-share must be between 0 and 1.")
         self.rank_config()
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(attempts=self.retries + 1, attempt_timeout=self.timeout)
 
     def rank_config(self) -> RankConfig:
         return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
@@ -224,9 +232,10 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
     headers = {"Authorization": f"Bearer {key}"} if key and not target.uses_sdk else {}
     base_url = cfg.base_url or "http://replay.invalid/v1"
     info: dict[str, Any] = {}
+    limiter = AdaptiveLimiter(cfg.concurrency, cfg.start_concurrency)
     async with build_client(base_url, mode=cfg.record_mode, store=store, headers=headers,
-                            timeout=cfg.timeout, stats=stats,
-                            max_connections=max(cfg.concurrency, 8)) as client:
+                            timeout=cfg.timeout, stats=stats, retry=cfg.retry_policy(),
+                            feedback=limiter, max_connections=cfg.concurrency) as client:
         # Preflight: the same 2-token version of the first request the run has always sent
         # (so recorded runs replay), plus a prefill check when the run relies on one.
         sample = (GenerationRequest(todo[0].prefill, todo[0].framing, 2, todo[0].top_logprobs,
@@ -242,33 +251,25 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
         if report.refusal:
             raise EndpointError(report.refusal + " Nothing more was sent.")
         progress = Progress("generation", len(todo), quiet=cfg.quiet)
-        queue: asyncio.Queue[GenerationRequest] = asyncio.Queue()
-        for r in todo:
-            queue.put_nowait(r)
         failed = 0
 
-        async def worker() -> None:
-            nonlocal failed
-            while True:
-                try:
-                    req = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                try:
-                    c = await provider.generate(req)
-                except RequestFailed as e:
-                    c = Completion.failed(req, str(e))
-                    failed += 1
-                run.append_completion(c)
-                progress.update(advance=1, failed=failed, retries=stats.retried)
+        async def call(req: GenerationRequest) -> Completion:
+            try:
+                return await provider.generate(req)
+            except RequestFailed as e:  # this row only; retries are behind us (transport)
+                return Completion.failed(req, str(e))
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(cfg.concurrency,
-                                                                    max(len(todo), 1)))]
+        def done(req: GenerationRequest, c: Completion) -> None:
+            nonlocal failed
+            failed += c.error is not None
+            run.append_completion(c)
+            progress.update(advance=1, failed=failed, retries=stats.retried,
+                            in_flight=limiter.window)
+
         try:
-            await asyncio.gather(*workers)
+            await run_all(todo, call, done, limiter)
         finally:
-            for w in workers:
-                w.cancel()
+            info["concurrency"] = limiter.to_json()
         progress.finish(failed=failed, retries=stats.retried)
     return info
 
