@@ -519,6 +519,8 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
     if not target.base_url and mode != "replay":
         raise ConfigError("--base-url is required for an OpenAI-compatible target (e.g. "
                           "http://127.0.0.1:8080/v1), unless you --replay fixtures.")
+    planned, warnings, chat_mode = static_plan(target, framings or ["raw", "chat"], chat_mode,
+                                               reference_only, for_audit=False)
     key_env = target.api_key_env
     key = os.environ.get(key_env) if key_env else None
     if key_env and not key and mode != "replay" and api_key_env:
@@ -527,8 +529,6 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
     if key_env and not key and mode != "replay" and target.uses_sdk:
         raise ConfigError(f"The environment variable {key_env} is empty or not set; export "
                           f"the {target.kind} API key there (or pass --api-key-env VAR).")
-    planned, warnings, chat_mode = static_plan(target, framings or ["raw", "chat"], chat_mode,
-                                               reference_only, for_audit=False)
     redactor = Redactor([key])
     store = (FixtureStore(fixtures, redactor, writable=mode in ("record", "auto"))
              if mode != "off" else None)

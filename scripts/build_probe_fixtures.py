@@ -41,7 +41,7 @@ def _routes(name: str, mock: respx.MockRouter) -> None:
             200, json=S.openai_legacy("gpt-3.5-turbo-instruct", "The feud between", PIECES))
     elif name == "anthropic":
         mock.post("https://api.anthropic.com/v1/messages").respond(
-            200, json=S.anthropic_message("claude-3-5-haiku-20241022", " two rival"))
+            200, json=S.anthropic_message("claude-haiku-4-5-20251001", " two rival"))
     elif name == "anthropic-no-prefill":
         mock.post("https://api.anthropic.com/v1/messages").respond(
             400, json=S.ANTHROPIC_PREFILL_REFUSED)
@@ -91,7 +91,7 @@ def _routes(name: str, mock: respx.MockRouter) -> None:
 PROBES: dict[str, list[str]] = {
     "openai": ["openai:gpt-4o-mini"],
     "openai-legacy": ["openai:gpt-3.5-turbo-instruct", "--framings", "raw"],
-    "anthropic": ["anthropic:claude-3-5-haiku-latest", "--framings", "chat"],
+    "anthropic": ["anthropic:claude-haiku-4-5", "--framings", "chat"],
     "anthropic-no-prefill": ["anthropic:claude-opus-4-6", "--framings", "chat",
                              "--reference-only"],
     "together": ["together:meta-llama/Llama-3.2-3B-Instruct-Turbo"],
