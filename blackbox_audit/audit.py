@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .accounting import Pricer, run_totals, session_requests
 from .align import AlignmentError, TokenizerView, align, choose_alignment
 from .dispatch import AdaptiveLimiter, run_all
 from .errors import AuditError, ConfigError, DegradedShareExceeded, EndpointError
@@ -233,6 +234,7 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
     base_url = cfg.base_url or "http://replay.invalid/v1"
     info: dict[str, Any] = {}
     limiter = AdaptiveLimiter(cfg.concurrency, cfg.start_concurrency)
+    pricer = Pricer(cfg.model, cfg.pricing)
     async with build_client(base_url, mode=cfg.record_mode, store=store, headers=headers,
                             timeout=cfg.timeout, stats=stats, retry=cfg.retry_policy(),
                             feedback=limiter, max_connections=cfg.concurrency) as client:
@@ -264,7 +266,9 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
             failed += c.error is not None
             run.append_completion(c)
             progress.update(advance=1, failed=failed, retries=stats.retried,
-                            in_flight=limiter.window)
+                            in_flight=limiter.in_flight,
+                            tokens=stats.prompt_tokens + stats.completion_tokens,
+                            cost_usd=pricer.cost(stats.prompt_tokens, stats.completion_tokens))
 
         try:
             await run_all(todo, call, done, limiter)
@@ -393,21 +397,31 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     })
     run.write_manifest(manifest)
     stats = TransportStats()
+    pricer = Pricer(cfg.model, cfg.pricing)
     t0 = time.monotonic()
+
+    def account(status: str) -> None:
+        # This invocation's requests, tokens and cost; every invocation of a resumed run is
+        # kept in "sessions" (an interrupted one too: its calls were paid), summed in
+        # "accounting".
+        manifest["requests"] = session_requests(stats.to_json(), pricer)
+        manifest["generation_seconds"] = round(time.monotonic() - t0, 2)
+        manifest.setdefault("sessions", []).append({
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (
+                time.monotonic() - t_start))), "rows_requested": len(todo), "status": status,
+            "requests": manifest["requests"],
+            "generation_seconds": manifest["generation_seconds"]})
+        manifest["accounting"] = run_totals(manifest["sessions"], pricer)
+
     if todo:  # a finished run re-ranks without touching the network
         try:
             manifest["endpoint"] = asyncio.run(generate(cfg, todo, run, redactor, stats))
         except BaseException:
-            manifest.update(status="interrupted", requests=stats.to_json())
+            manifest.update(status="interrupted")
+            account("interrupted")
             run.write_manifest(manifest)
             raise
-    # This invocation's requests; every invocation of a resumed run is kept in "sessions".
-    manifest["requests"] = stats.to_json()
-    manifest["generation_seconds"] = round(time.monotonic() - t0, 2)
-    manifest.setdefault("sessions", []).append({
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (
-            time.monotonic() - t_start))), "rows_requested": len(todo),
-        "requests": stats.to_json(), "generation_seconds": manifest["generation_seconds"]})
+    account("done")
 
     wanted = {r.row_key for r in requests}
     completions = {k: c for k, c in run.load_completions().items() if k in wanted}

@@ -55,6 +55,11 @@ def test_audit_keeps_the_key_out_of_every_file_and_replays_identically(tmp_path,
     m = result.manifest
     assert m["counts"]["rows"] == 12 and m["counts"]["ranked"] == 12
     assert m["requests"]["sent"] == 12 + 2  # rows + GET /models + the logprob probe
+    # Tokens from each answer's usage (12 rows of 12 tokens + the 2-token probe); a local
+    # model has no price: the cost is null with the reason, never a guess.
+    assert m["requests"]["tokens"]["completion"] == 12 * 12 + 2
+    assert m["accounting"]["tokens"] == m["requests"]["tokens"]
+    assert m["accounting"]["cost"]["usd"] is None and m["endpoint"]["concurrency"]["cap"] == 4
     assert m["scoring"]["alignment_paths"] == {"text": 12}  # no ids from this server
     groups = {(r["corpus"], r["framing"]) for r in result.ranked}
     assert groups == {("code", "raw"), ("code", "chat"), ("prose", "raw"), ("prose", "chat")}

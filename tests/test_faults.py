@@ -280,3 +280,23 @@ def test_run_all_respects_the_window_and_stops_on_a_fatal_error():
         assert len(started) < 10 and lim.in_flight == 0
 
     run(scenario())
+
+
+def test_accounting_prices_paid_tokens_and_sums_sessions(tmp_path):
+    from blackbox_audit.accounting import Pricer, run_totals, session_requests
+
+    stats = TransportStats(sent=5, retried=1, prompt_tokens=1_000_000,
+                           completion_tokens=500_000, replayed_prompt_tokens=7)
+    priced = Pricer("gpt-4o-mini")                     # 0.15 / 0.60 USD per million
+    s1 = session_requests(stats.to_json(), priced)
+    assert s1["cost"]["usd"] == pytest.approx(0.15 + 0.30)
+    s2 = session_requests(TransportStats(sent=2, failed=1, prompt_tokens=10).to_json(), priced)
+    totals = run_totals([{"requests": s1}, {"requests": s2}], priced)
+    assert totals["sent"] == 7 and totals["retried"] == 1 and totals["failed"] == 1
+    assert totals["tokens"] == {"prompt": 1_000_010, "completion": 500_000}
+    unpriced = session_requests(stats.to_json(), Pricer("my-local-llama"))
+    assert unpriced["cost"]["usd"] is None and "--pricing" in unpriced["cost"]["note"]
+    table = tmp_path / "prices.json"
+    table.write_text('{"my-local-llama": {"input": 1.0, "output": 2.0}}')
+    own = Pricer("my-local-llama", str(table))
+    assert own.cost(1_000_000, 1_000_000) == pytest.approx(3.0)
