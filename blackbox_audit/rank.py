@@ -89,7 +89,9 @@ def rank(completions: dict[str, Completion], scores: dict[str, Score],
         if s is None:
             left_out["unscored"] += 1
             continue
-        if s.n_target_tokens < cfg.min_tokens:
+        # a reference-only row has no target tokens: its length is the reference's count
+        length = s.n_ref_tokens if c.mode == "reference-only" else s.n_target_tokens
+        if length < cfg.min_tokens:
             left_out["too_short"] += 1
             continue
         if repetitive(c.text, cfg.min_compression_ratio):
