@@ -32,7 +32,6 @@ from .sdk_bridge import as_httpx_response, sdk_http_client, split_params
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
-REFERENCE_ONLY = "reference-only"
 
 CAPABILITIES = Capabilities(logprobs=False, top_logprobs=0, raw_completion=False,
                             assistant_prefill=True, echo=False, token_ids=False)
@@ -127,12 +126,8 @@ class AnthropicProvider(Provider):
             if cut and text.startswith(cut):
                 text = text[len(cut):]  # the whitespace we took off the prefill came back
         usage = payload.get("usage") or {}
-        c = completion_from_columns(req, text=text, cols=None,
-                                    finish_reason=_STOP.get(payload.get("stop_reason") or "",
-                                                            payload.get("stop_reason")),
-                                    prompt_tokens=usage.get("input_tokens"),
-                                    model=payload.get("model"))
-        if self.reference_only:
-            c.mode = REFERENCE_ONLY
-            c.degraded = [r for r in c.degraded if r != "no_logprobs"]
-        return c
+        return completion_from_columns(req, text=text, cols=None,
+                                       finish_reason=_STOP.get(payload.get("stop_reason") or "",
+                                                               payload.get("stop_reason")),
+                                       prompt_tokens=usage.get("input_tokens"),
+                                       model=payload.get("model"))

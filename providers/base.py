@@ -56,6 +56,8 @@ class Provider(ABC):
         self.client = client
         self.model = model
         self.capabilities = capabilities
+        # --reference-only: rows are kept without target logprobs, labelled as such.
+        self.reference_only = False
 
     @abstractmethod
     def build(self, req: GenerationRequest) -> WireRequest:
@@ -88,6 +90,9 @@ class Provider(ABC):
         if not isinstance(payload, dict):
             raise RequestFailed(f"unexpected JSON answer: {str(payload)[:200]}")
         completion = self.parse(req, payload)
+        if self.reference_only:
+            completion.mode = "reference-only"
+            completion.degraded = [r for r in completion.degraded if r != "no_logprobs"]
         completion.degraded = sorted(set(completion.degraded) | set(assess(completion)))
         return completion
 

@@ -105,15 +105,19 @@ def declared_capabilities(target: Target) -> Capabilities:
 def make_provider(target: Target, client: httpx.AsyncClient, api_key: str | None, *,
                   flavour: str | None = None, chat_mode: str = "template",
                   reference_only: bool = False) -> Provider:
+    provider: Provider
     if target.family == "openai":
         from .openai_api import OpenAIProvider
 
-        return OpenAIProvider(client, target.model, api_key, target.base_url or "")
-    if target.family == "anthropic":
+        provider = OpenAIProvider(client, target.model, api_key, target.base_url or "")
+    elif target.family == "anthropic":
         from .anthropic_api import AnthropicProvider
 
-        return AnthropicProvider(client, target.model, api_key, target.base_url or "",
-                                 reference_only=reference_only)
-    from .openai_compatible import OpenAICompatibleProvider
+        provider = AnthropicProvider(client, target.model, api_key, target.base_url or "")
+    else:
+        from .openai_compatible import OpenAICompatibleProvider
 
-    return OpenAICompatibleProvider(client, target.model, flavour or target.flavour, chat_mode)
+        provider = OpenAICompatibleProvider(client, target.model, flavour or target.flavour,
+                                            chat_mode)
+    provider.reference_only = reference_only
+    return provider

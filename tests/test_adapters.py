@@ -265,6 +265,19 @@ def test_vllm_continues_only_a_trailing_assistant_message():
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
 
 
+@respx.mock
+def test_reference_only_keeps_rows_of_a_compatible_endpoint_without_logprobs():
+    from providers.registry import make_provider
+
+    answer = S.openai_legacy("m", P.text, PIECES)
+    answer["choices"][0]["logprobs"] = None
+    respx.post("http://127.0.0.1:9/v1/completions").respond(200, json=answer)
+    t = parse_target("openrouter:m", base_url="http://127.0.0.1:9/v1")
+    p = make_provider(t, client("http://127.0.0.1:9/v1"), None, reference_only=True)
+    c = run(p.generate(GenerationRequest(P, "raw", 2, 5, prompt=P.text)))
+    assert c.mode == "reference-only" and c.usable and c.text == " two rival"
+
+
 def test_declared_capabilities_per_flavour():
     caps = {k: declared_capabilities(parse_target(f"{k}:m", base_url="http://h/v1"))
             for k in ("llama.cpp", "vllm", "together", "fireworks", "openrouter", "deepseek")}
