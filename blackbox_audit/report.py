@@ -288,7 +288,8 @@ def _env():
 
     def fmt(v: Any) -> str:
         if isinstance(v, dict):
-            return ", ".join(f"{k}: {fmt(x)}" for k, x in v.items() if x not in (None, ""))
+            return ", ".join(f"{k}: {fmt(x)}" for k, x in v.items()
+                             if x is not None and x != "" and x != {} and x != [])
         if isinstance(v, list | tuple):
             return ", ".join(fmt(x) for x in v)
         if isinstance(v, float):
