@@ -334,6 +334,12 @@ def rescore(out: str, reference: str | None = None, device: str | None = None,
     completions = run.load_completions()
     if not completions:
         raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
+    if manifest.get("mode") == "reference-only" and rank_key != "nll_ref":
+        # no target log-probabilities: every gap key is NaN; only reference surprisal ranks
+        if rank_key != "ppl_diff":
+            raise ConfigError(f"{run.path} is a --reference-only run (no target "
+                              f"log-probabilities): it ranks by nll_ref, not {rank_key}.")
+        rank_key = "nll_ref"
     rank_cfg = RankConfig(rank_key, min_tokens, min_compression_ratio)
     spec = ReferenceSpec.parse(reference)
     tokenizer = load_tokenizer(spec)

@@ -112,4 +112,8 @@ def test_anthropic_reference_only_audit_is_labelled_everywhere(tmp_path, monkeyp
     assert "REFERENCE-ONLY (degraded)" in out and "nll_ref" in out
     code, shown, _ = cli("show", str(run))
     assert code == 0 and "REFERENCE-ONLY (degraded)" in shown
+    code, rescored, _ = cli("score", str(run), "--min-tokens", "1", "--quiet")
+    assert code == 0 and "by nll_ref" in rescored   # a rescore keeps the only usable key
+    code, _, err2 = cli("score", str(run), "--rank-by", "bpb_diff", "--quiet")
+    assert code == 2 and "reference-only run" in err2
     assert KEY not in all_text(run) and KEY not in out and KEY not in err
