@@ -12,6 +12,8 @@ An SDK still on plain httpx (openai 1.x) takes our client as it is.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from types import ModuleType
 from typing import Any
 
@@ -70,12 +72,18 @@ def split_params(create: Any, body: dict[str, Any]) -> tuple[dict[str, Any], dic
     """(the SDK method's own keyword parameters, the rest for ``extra_body``). SDK versions
     add and drop typed parameters (anthropic 2.x no longer types ``temperature``); what the
     wire needs goes out either way, and the JSON body is the same."""
-    import inspect
-
-    try:
-        params = inspect.signature(create).parameters
-    except (TypeError, ValueError):
+    params = _parameters(getattr(create, "__func__", create))
+    if params is None:
         return dict(body), {}
     typed = {k: v for k, v in body.items() if k in params and k != "extra_body"}
     extra = {k: v for k, v in body.items() if k not in typed}
     return typed, extra
+
+
+@functools.lru_cache(maxsize=32)
+def _parameters(func: Any) -> frozenset[str] | None:
+    """A method's keyword names, computed once (inspect.signature costs ~0.2 ms a call)."""
+    try:
+        return frozenset(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return None
