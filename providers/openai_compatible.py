@@ -78,7 +78,9 @@ class OpenAICompatibleProvider(Provider):
                 "frequency_penalty": 0.0, **GREEDY_EXTRAS[self.flavour]}
 
     def build(self, req: GenerationRequest) -> WireRequest:
-        k = min(req.top_logprobs, self.capabilities.top_logprobs)
+        # A known service's documented limit caps k; an unknown server gets what was asked.
+        k = req.top_logprobs if self.flavour == "generic" else min(
+            req.top_logprobs, self.capabilities.top_logprobs)
         if req.messages is not None:
             body: dict[str, Any] = {"model": self.model, "messages": req.messages,
                                     "max_tokens": req.max_tokens, "logprobs": True,

@@ -387,6 +387,14 @@ def test_probe_replays_offline_for_every_adapter(name):
         assert "REFUSED" in out and err.startswith("blackbox-audit: ")
 
 
+def test_probe_by_base_url_discovers_the_flavour():
+    fx = ROOT / "fixtures" / "probe" / "llama.cpp" / "exchanges.jsonl"
+    code, out, err = cli("probe", "--base-url", "http://127.0.0.1:8080/v1", "--model",
+                         "my-finetune", "--replay", "--fixtures", str(fx))
+    assert code == 0, err
+    assert "(openai-compatible adapter, flavour llama.cpp)" in out  # from GET /models
+
+
 def test_probe_json_and_no_key_anywhere(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     fx = tmp_path / "exchanges.jsonl"
