@@ -155,6 +155,10 @@ def possible_framings(target, caps, chat_mode: str = "template") -> dict[str, st
         out["chat"] = "ok: chat template rendered client-side, continued on /completions"
     elif caps.assistant_prefill:
         out["chat"] = "ok: trailing assistant message continued by the server"
+    elif chat_mode == "prefill" and caps.raw_completion:
+        # asked for server-side prefill: kept, and refused after discovery if the server is
+        # not known to honour it (--chat-mode template is then the advice, not a fallback)
+        out["chat"] = "only if the server continues a trailing assistant message"
     else:
         out["chat"] = ("no: the server is not known to continue a trailing assistant message"
                        + ("" if caps.raw_completion else " and has no raw completion"))

@@ -387,6 +387,32 @@ def test_probe_replays_offline_for_every_adapter(name):
         assert "REFUSED" in out and err.startswith("blackbox-audit: ")
 
 
+@respx.mock
+def test_probe_refuses_a_dropped_prefill_and_a_prefill_mode_without_support():
+    base = "http://127.0.0.1:9/v1"
+    respx.get(f"{base}/models").respond(200, json=S.models_list("m", "vllm"))
+    respx.post(f"{base}/completions").respond(200, json=S.openai_legacy("m", P.text, PIECES))
+    # the server regenerated the prefill as fresh text: its tokens repeat it
+    respx.post(f"{base}/chat/completions").respond(200, json=S.compatible_chat(
+        "m", [("The", -0.1), (" feud", -0.1), (" between", -0.1), (" two", -0.2)]))
+    code, out, err = cli("probe", "vllm:m", "--base-url", base, "--chat-mode", "prefill")
+    assert code == 3 and "NO: the prefill was regenerated" in out
+    assert "ignored the assistant prefill" in err
+    code, out, err = cli("probe", "--base-url", base, "--model", "m", "--flavour",
+                         "llama-cpp-python", "--chat-mode", "prefill")
+    assert code == 3 and "continues a trailing assistant message" in err
+
+
+@respx.mock
+def test_first_request_failing_stops_the_run_with_exit_3(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    route = respx.post(f"{OPENAI}/chat/completions").respond(503, json={"error": "busy"})
+    code, _, err = cli("probe", "openai:gpt-4o-mini", "--timeout", "5")
+    err = " ".join(err.split())
+    assert code == 3 and "first request" in err and "Nothing else was sent" in err
+    assert 1 < route.call_count <= 5   # bounded retries, then a clear stop
+
+
 def test_probe_by_base_url_discovers_the_flavour():
     fx = ROOT / "fixtures" / "probe" / "llama.cpp" / "exchanges.jsonl"
     code, out, err = cli("probe", "--base-url", "http://127.0.0.1:8080/v1", "--model",
