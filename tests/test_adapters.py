@@ -309,6 +309,17 @@ def test_reference_only_rows_are_checked_for_text_only():
     assert assess(c) == []
 
 
+@respx.mock
+def test_empty_and_positive_logprob_answers_are_degraded():
+    empty = S.openai_chat("gpt-4o-mini", [], finish="stop")
+    respx.post(f"{OPENAI}/chat/completions").respond(200, json=empty)
+    p = OpenAIProvider(client(OPENAI), "gpt-4o-mini", api_key=KEY)
+    assert run(p.generate(cont_req())).degraded == ["empty"]
+    positive = S.openai_chat("gpt-4o-mini", [(" two", 0.5), (" rival", -1.0)])
+    respx.post(f"{OPENAI}/chat/completions").respond(200, json=positive)
+    assert "sentinel_logprobs" in run(p.generate(cont_req())).degraded
+
+
 # -- preflight -----------------------------------------------------------------------------
 def test_framing_plan_substitutes_the_fallback_and_refuses_when_nothing_is_left():
     t = parse_target("openai:gpt-4o-mini")
