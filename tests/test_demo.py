@@ -7,6 +7,7 @@ quotes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -35,3 +36,12 @@ def test_demo_flags_the_objective_and_matches_the_readme(tmp_path):
         assert line in readme, f"README does not quote the demo's count: {line}"
     manifest = (tmp_path / "demo" / "manifest.json").read_text()
     assert '"sent": 0' in manifest  # nothing went to any network
+    # The run ends by pointing at its report, whose top 10 of each framing shows the objective.
+    report = tmp_path / "demo" / "report.html"
+    assert r.stdout.rstrip().splitlines()[-1].startswith(f"report: {report}")
+    block = re.search(r'<script type="application/json" id="report-data">(.*?)</script>',
+                      report.read_text(), re.S).group(1)
+    rows = json.loads(block)["rows"]
+    for framing in ("raw", "chat"):
+        assert any(row["flag"] for row in rows if row["framing"] == framing
+                   and row["rank"] < 10), framing
