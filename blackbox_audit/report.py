@@ -83,8 +83,29 @@ def reference_name(run: RunDir, manifest: dict[str, Any], wanted: str | None = N
     return files[0].name[len("scores."):-len(".jsonl")] if len(files) == 1 else None
 
 
-def _utf16_len(s: str) -> int:
-    return sum(2 if ord(ch) > 0xFFFF else 1 for ch in s)
+def _spread(t_bytes: list[int], t_lps: list[float], spans: list[tuple[int, int]]
+            ) -> list[float]:
+    """Each target token's log-probability spread evenly over its bytes, summed over each
+    (monotonic) byte span; one pass over both token lists."""
+    bounds = [0]
+    for nb in t_bytes:
+        bounds.append(bounds[-1] + nb)
+    out, j, n = [], 0, len(t_bytes)
+    for lo, hi in spans:
+        while j < n and bounds[j + 1] <= lo and t_bytes[j]:
+            j += 1
+        total, k = 0.0, j
+        while k < n and bounds[k] < hi:
+            nb = t_bytes[k]
+            if nb:
+                overlap = min(hi, bounds[k + 1]) - max(lo, bounds[k])
+                if overlap > 0:
+                    total += float(t_lps[k]) * overlap / nb
+            elif bounds[k] >= lo:       # a zero-byte token counts where it stands
+                total += float(t_lps[k])
+            k += 1
+        out.append(total)
+    return out
 
 
 def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
@@ -94,7 +115,8 @@ def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
     None when the stored columns do not line up (nothing is guessed)."""
     ref_lps = s.ref_token_logprobs
     text = c.text
-    n_bytes = len(text.encode())
+    ascii_text = text.isascii()
+    n_bytes = len(text) if ascii_text else len(text.encode())
     if not ref_lps or not text or len(s.ref_tokens) != len(ref_lps):
         return None
     t_bytes = [len(b) for b in target_bytes(c)]
@@ -109,43 +131,44 @@ def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
         start = -len(s.straddle.encode()) if s.straddle else 0
         if start + sum(r_bytes) != n_bytes:
             approx = True      # a split character decoded as U+FFFD: spans are near, not exact
-        per_byte = [0.0] * n_bytes
-        pos = 0
-        for nb, lp in zip(t_bytes, t_lps, strict=True):
-            for k in range(pos, pos + nb):
-                per_byte[k] = float(lp) / nb
-            pos += nb
-        per_ref_t, pos = [], start
+        spans, pos = [], start
         for nb in r_bytes:
-            lo, hi = max(pos, 0), min(pos + nb, n_bytes)
-            per_ref_t.append(math.fsum(per_byte[lo:hi]) if hi > lo else 0.0)
+            spans.append((max(pos, 0), min(pos + nb, n_bytes)))
             pos += nb
-    # Byte offset -> index of the character holding it; token spans become character spans.
-    char_of_byte: list[int] = []
-    for i, ch in enumerate(text):
-        char_of_byte.extend([i] * len(ch.encode()))
-    char_of_byte.append(len(text))
+        per_ref_t = _spread(t_bytes, t_lps, spans)
+    # Token byte ends -> character ends: a token ending inside a character shows that
+    # character (the page never splits one); lengths in UTF-16 units, as JavaScript counts.
+    if ascii_text:
+        char_end = None
+    else:
+        char_end = [0]                 # char_end[i]: byte offset where character i ends
+        for ch in text:
+            char_end.append(char_end[-1] + len(ch.encode()))
     lengths: list[int] = []
     ref_out: list[float] = []
     tgt_out: list[float] = []
-    pos, cur = start, 0
+    pos, cur, ci = start, 0, 0
     for nb, r, t in zip(r_bytes, ref_lps, per_ref_t, strict=True):
         end = min(max(pos + nb, 0), n_bytes)
         pos += nb
-        stop = char_of_byte[end] if end < n_bytes else len(text)
-        if end < n_bytes and end > 0 and char_of_byte[end - 1] == stop:
-            stop += 1          # the token ends inside a character: it shows that character
-        piece = text[cur:stop] if stop > cur else ""
-        if not piece and lengths:   # nothing of its own to show: its mass joins the last token
+        if char_end is None:
+            stop = end
+        else:
+            while ci < len(text) and char_end[ci] < end:
+                ci += 1               # characters starting before byte `end`
+            stop = ci
+        if stop <= cur and lengths:   # nothing of its own to show: its mass joins the last
             ref_out[-1] += r
             tgt_out[-1] += t
             continue
-        lengths.append(_utf16_len(piece))
+        piece = text[cur:stop] if stop > cur else ""
+        lengths.append(len(piece) if ascii_text else len(piece.encode("utf-16-le")) // 2)
         ref_out.append(float(r))
         tgt_out.append(float(t))
         cur = max(cur, stop)
     if cur < len(text) and lengths:
-        lengths[-1] += _utf16_len(text[cur:])
+        rest = text[cur:]
+        lengths[-1] += len(rest) if ascii_text else len(rest.encode("utf-16-le")) // 2
     return {"l": lengths, "r": [round(x, 2) for x in ref_out],
             "t": [round(x, 2) for x in tgt_out], **({"approx": True} if approx else {})}
 
@@ -156,13 +179,17 @@ def report_rows(run: RunDir, ranked: list[dict[str, Any]], ref: str | None,
     (corpus, framing) ranking (all when None)."""
     completions = run.load_completions()
     scores = run.load_scores(ref) if ref else {}
+    redact = run.redactor.text
     out, with_tokens = [], 0
     for row in ranked:
         key = f"{row['prefill_id']}:{row['framing']}"
+        text = row.get("completion") or ""
+        shown = redact(text)
         heat = None
         if token_rows is None or row.get("rank", 0) < token_rows:
             c, s = completions.get(key), scores.get(key)
-            if c is not None and s is not None:
+            # Token spans index the text shown: none where a secret was cut out of it.
+            if c is not None and s is not None and c.text == text == shown:
                 heat = token_heat(c, s)
         with_tokens += heat is not None
         out.append({
@@ -170,8 +197,7 @@ def report_rows(run: RunDir, ranked: list[dict[str, Any]], ref: str | None,
             "rank": row.get("rank"), "flag": row.get("flagged"),
             **{k: finite(row.get(k)) for k in SCORE_COLUMNS if k in row},
             "n": row.get("n_target_tokens"), "finish": row.get("finish_reason"),
-            "prefill": row.get("prefill") or "", "text": row.get("completion") or "",
-            "tok": heat,
+            "prefill": redact(row.get("prefill") or ""), "text": shown, "tok": heat,
         })
     return out, with_tokens
 
@@ -334,7 +360,7 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
         fallback="chat-continue" in data["framings"],
         n_rows=len(rows), with_tokens=with_tokens, token_rows=token_rows,
         generated=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
-        data=run.redactor.obj(data), script=script, script_hash=script_hash)
+        data=data, script=script, script_hash=script_hash)
     path = Path(out) if out else run.path / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, page)

@@ -144,6 +144,14 @@ def test_token_heat_text_path_with_a_token_straddling_the_prefill():
     assert heat == {"l": [2, 2], "r": [-3.0, -1.0], "t": [-2.0, -4.0]}
 
 
+def test_token_heat_text_path_counts_a_zero_byte_target_token_where_it_stands():
+    # llama.cpp can report a token with no text mid-continuation; its log-probability is part
+    # of the target's total, so it joins the reference token that covers its position.
+    c, s = _pair("abcd", ["ab", "", "cd"], [-1.0, -2.0, -3.0], ["ab", "cd"], [-4.0, -4.0],
+                 "text")
+    assert token_heat(c, s) == {"l": [2, 2], "r": [-4.0, -4.0], "t": [-1.0, -5.0]}
+
+
 def test_token_heat_keeps_a_character_split_across_tokens_whole():
     # "é" is two bytes, the first token holds only its first byte
     c, s = _pair("é!", ["\ufffd", "\ufffd!"], [-1.0, -2.0], ["\ufffd", "\ufffd!"],
@@ -287,3 +295,27 @@ def test_reference_only_rows_are_labelled(tmp_path):
     assert "REFERENCE-ONLY run (degraded)" in html
     assert data["rank_key"] == "nll_ref" and "ppl_diff" not in data["scores"]
     assert "nll_ref distribution" in html
+
+
+def test_a_key_in_model_output_is_redacted_and_its_row_loses_token_spans(tmp_path):
+    run = make_run(tmp_path / "run", xss=False)
+    ranked = run.load_ranked()
+    target = ranked[0]
+    key = f"{target['prefill_id']}:{target['framing']}"
+    text = "leaked sk-proj-ABCDEFGHIJKLMNOPQRSTUV here"
+    target["completion"] = text
+    run.write_ranked(ranked, COLUMNS)
+    for path, fix in ((run.completions_path, {"text": text, "tokens": [text], "logprobs": [-1.0],
+                                              "token_bytes": None}),
+                      (run.scores_path("ref"), {"ref_tokens": [text],
+                                                "ref_token_logprobs": [-2.0]})):
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in rows:
+            if f"{r['prefill_id']}:{r['framing']}" == key:
+                r.update(fix)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = render(run.path).path.read_text()
+    assert "ABCDEFGHIJKLMNOPQRSTUV" not in html
+    row = next(r for r in page_data(html)["rows"] if r["id"] == key)
+    assert row["text"] == "leaked <redacted> here"
+    assert row["tok"] is None
