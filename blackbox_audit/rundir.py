@@ -6,9 +6,10 @@
     scores.<ref>.jsonl   per reference model; append-only
     ranked.jsonl/.csv    the ranking, within each (corpus, framing)
 
-Appends are fsync'd line by line and reads tolerate a torn last line, so ``kill -9`` at any
-moment loses at most the row being written, never one already on disk. Everything written
-passes through the run's redactor.
+Appends are written and flushed to the kernel line by line (fsync'd in batches on a
+background thread, transport.BackgroundSync) and reads tolerate a torn last line, so
+``kill -9`` at any moment loses at most the row being written, never one already written.
+Everything written passes through the run's redactor.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from .errors import ConfigError
 from .records import Completion, Score
 from .redact import Redactor
-from .transport import _heal_torn_tail
+from .transport import SYNC, _heal_torn_tail
 
 
 class JsonlAppender:
@@ -41,12 +42,12 @@ class JsonlAppender:
             _heal_torn_tail(self.path)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._fh.write(self.redactor.dumps(obj) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._fh.flush()  # the kernel has it: a killed process loses nothing
+        SYNC.mark(self._fh)  # fsync'd on a background thread, batched (transport.py)
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            SYNC.close(self._fh)
             self._fh = None
 
 

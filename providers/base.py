@@ -18,6 +18,7 @@ import httpx
 from blackbox_audit.errors import EndpointError
 from blackbox_audit.quality import assess
 from blackbox_audit.records import Completion, GenerationRequest
+from blackbox_audit.transport import JSON_EXTENSION
 
 from .protocol import TokenColumns
 
@@ -82,8 +83,8 @@ class Provider(ABC):
             raise RequestFailed(f"connection failed after retries: {e}") from e
         if response.status_code >= 400:
             self.raise_for_status(response)
-        try:
-            payload = response.json()
+        try:  # the retry transport parsed a 2xx JSON body already (JSON_EXTENSION)
+            payload = response.extensions.get(JSON_EXTENSION) or response.json()
         except ValueError as e:
             raise RequestFailed(f"HTTP {response.status_code} with a body that is not JSON: "
                                 f"{response.text[:200]!r}") from e
