@@ -15,7 +15,7 @@ achieved = rows / (last row - first row + latency), and the CPU per request is m
 the same span, so the fixed costs of a run (GET /models, the preflight's probe and tokenizer
 load) are left out of both; the CPU figure with them is printed alongside. Targets:
 ratio >= 0.9 and < 1 ms of client CPU per request. ``--profile`` writes a cProfile of the
-client to bench/client.prof and prints its top functions.
+client to build/client.prof and prints its top functions.
 
     .venv/bin/python bench/client.py [--requests 2560] [--in-flight 64] [--latency 0.25]
 """
@@ -148,7 +148,8 @@ def run_client(port: int, n: int, in_flight: int, latency: float, profile: bool)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
         if prof is not None:
             prof.disable()
-            prof.dump_stats(ROOT / "bench" / "client.prof")
+            (ROOT / "build").mkdir(exist_ok=True)
+            prof.dump_stats(ROOT / "build" / "client.prof")
         run.close()
         rows = [json.loads(x) for x in (Path(tmp) / "completions.jsonl").read_text().splitlines()]
     usable = sum(1 for r in rows if not r["error"] and not r["degraded"])
@@ -189,7 +190,7 @@ def main() -> int:
     if args.profile:
         import pstats
 
-        pstats.Stats(str(ROOT / "bench" / "client.prof")).sort_stats("tottime").print_stats(25)
+        pstats.Stats(str(ROOT / "build" / "client.prof")).sort_stats("tottime").print_stats(25)
     return 0 if r["rows"] == args.requests else 1
 
 

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -671,12 +671,18 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     the requests in flight do not exceed ``max_connections`` (the limiter's cap).
     """
 
-    def __init__(self, max_connections: int, per_shard: int = 8):
+    def __init__(self, max_connections: int, per_shard: int = 8,
+                 factory: Callable[[int], httpx.AsyncBaseTransport] | None = None):
         n = max(1, -(-max_connections // per_shard))
         size = -(-max_connections // n)
-        ssl = httpx.create_ssl_context()  # one for all shards: loading CA certificates costs
-        self.shards = [httpx.AsyncHTTPTransport(verify=ssl, limits=httpx.Limits(
-            max_connections=size, max_keepalive_connections=size)) for _ in range(n)]
+        if factory is None:
+            ssl = httpx.create_ssl_context()  # one for all shards: loading CA certs costs
+
+            def factory(size: int) -> httpx.AsyncBaseTransport:
+                return httpx.AsyncHTTPTransport(verify=ssl, limits=httpx.Limits(
+                    max_connections=size, max_keepalive_connections=size))
+
+        self.shards = [factory(size) for _ in range(n)]
         self.load = [0] * n
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

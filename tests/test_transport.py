@@ -186,3 +186,69 @@ def test_retries_are_bounded():
                           retry=RetryPolicy(attempts=3, base_delay=0.001))
     status, _ = run(post(client, "/x", {}))
     assert status == 500 and len(net.calls) == 3 and stats.failed == 1
+
+
+def test_sharded_pool_spreads_requests_and_gives_slots_back():
+    from blackbox_audit.transport import ShardedTransport
+
+    gate = asyncio.Event()
+    seen: list[int] = []
+
+    def shard(i):
+        async def handler(request):
+            seen.append(i)
+            await gate.wait()
+            return httpx.Response(200, json={"shard": i})
+        return httpx.MockTransport(handler)
+
+    made = iter(range(100))
+    pool = ShardedTransport(6, per_shard=2, factory=lambda size: shard(next(made)))
+    assert len(pool.shards) == 3
+
+    async def scenario():
+        client = httpx.AsyncClient(transport=pool, base_url="http://h")
+        tasks = [asyncio.create_task(client.get("/x")) for _ in range(6)]
+        while len(seen) < 6:
+            await asyncio.sleep(0)
+        assert pool.load == [2, 2, 2]           # least busy first: an even spread
+        gate.set()
+        answers = await asyncio.gather(*tasks)
+        assert pool.load == [0, 0, 0]           # every body read: every slot back
+        return sorted(r.json()["shard"] for r in answers)
+
+    assert run(scenario()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_fixture_store_reads_records_back_by_offset(tmp_path):
+    path = tmp_path / "ex.jsonl"
+    client = build_client("http://h/v1", mode="record", store=FixtureStore(path),
+                          network=httpx.MockTransport(Network()))
+    for i in range(3):
+        run(post(client, "/x", {"i": i}))
+    store = client._transport.store  # the live store answers from the file, not from memory
+    assert all(isinstance(v[1], int) for v in store._index.values())
+    assert store.get(request_key("POST", "/x", {"i": 1}))["response"]["echo"] == {"i": 1}
+    run(client.aclose())
+    again = FixtureStore(path, writable=False)
+    assert again.get(request_key("POST", "/x", {"i": 2}))["response"]["n"] == 3
+    assert sorted(again.keys()) == sorted(request_key("POST", "/x", {"i": i}) for i in range(3))
+
+
+def test_escaped_credential_in_a_raw_answer_is_still_redacted(tmp_path):
+    """Fixture lines splice the received bytes; an answer that escapes ASCII characters
+    could hide a key from a text search, so it is re-encoded from the parsed value."""
+    secret = "sk-test-0123456789abcdefSECRET"
+    hidden = "".join(f"\\u{ord(ch):04x}" for ch in secret)
+
+    def leaky(request):
+        return httpx.Response(200, content=('{"auth": "' + hidden + '"}').encode(),
+                              headers={"content-type": "application/json"})
+
+    path = tmp_path / "ex.jsonl"
+    client = build_client("http://h/v1", mode="record", store=FixtureStore(path,
+                                                                         Redactor([secret])),
+                          network=httpx.MockTransport(leaky))
+    assert run(client.post("/x", json={})).json()["auth"] == secret
+    run(client.aclose())
+    text = path.read_text()
+    assert secret not in text and hidden not in text and "<redacted>" in text
