@@ -153,9 +153,12 @@ def test_filter_sort_page_and_hover(browser, small_report):
     page2 = [float(x) for x in pg.visible(f"td:nth-child({col})")]
     assert page2[0] >= values[-1]
 
-    # Token tooltip: reference and target log-probabilities and their gap.
-    title = p.get_attribute("#tbody tr:first-child .tok", "title")
-    assert "logprob ref" in title and "logprob target" in title and "gap" in title
+    # Token numbers on hover: reference and target log-probabilities and their gap.
+    assert p.is_hidden("#tip")
+    p.hover("#tbody tr:first-child .tok >> nth=1")
+    assert p.is_visible("#tip")
+    tip = p.text_content("#tip")
+    assert "logprob ref" in tip and "logprob target" in tip and "gap" in tip
     # Turning the heatmap off shows plain text.
     p.uncheck("#f-heat")
     assert p.evaluate("document.querySelectorAll('#tbody .tok').length") == 0
@@ -172,6 +175,8 @@ def test_demo_like_screenshot(browser, small_report):
     # The rows whose model output tries to inject markup, shown as the text it is.
     pg.page.fill("#f-text", "xss")
     pg.page.evaluate("document.getElementById('controls').scrollIntoView()")
+    pg.page.hover("#tbody tr:first-child .tok >> nth=3")     # the token numbers box
+    assert pg.page.is_visible("#tip")
     xss = out.with_name("report-screenshot-xss.png")
     pg.page.screenshot(path=str(xss), full_page=False)
     assert pg.errors == []

@@ -79,7 +79,7 @@
       var gap = tok.t[i] - tok.r[i];
       var c = heatColour(gap);
       if (c) { s.style.backgroundColor = c; }
-      s.setAttribute("title", JSON.stringify(piece) + "\nlogprob ref " + tok.r[i].toFixed(2) +
+      s.setAttribute("data-tip", JSON.stringify(piece) + "\nlogprob ref " + tok.r[i].toFixed(2) +
         "\nlogprob target " + tok.t[i].toFixed(2) + "\ngap " + (gap >= 0 ? "+" : "") +
         gap.toFixed(2) + (tok.approx ? "\n(approximate token span)" : ""));
       wrap.appendChild(s);
@@ -127,6 +127,19 @@
   }
 
   function refilter() { view = filtered(); state.page = 0; render(); }
+
+  // Token numbers on hover: one floating box, filled with textContent.
+  var tip = $("tip");
+  $("tbody").addEventListener("mouseover", function (ev) {
+    var t = ev.target;
+    if (!t.classList || !t.classList.contains("tok")) { tip.hidden = true; return; }
+    tip.textContent = t.getAttribute("data-tip");
+    var box = t.getBoundingClientRect();
+    tip.style.left = Math.max(4, Math.min(box.left, window.innerWidth - 260)) + "px";
+    tip.style.top = (box.bottom + 6) + "px";
+    tip.hidden = false;
+  });
+  $("tbody").addEventListener("mouseleave", function () { tip.hidden = true; });
 
   function bind(id, key, ev, read) {
     var e = $(id);
