@@ -263,7 +263,7 @@ def distribution_svg(rows: list[dict[str, Any]], key: str = "ppl_diff", bins: in
         parts.append(f'<text x="{ml + pw}" y="{height - 2}" text-anchor="end">'
                      f'{html.escape(key)} (symmetric log scale)</text>')
         parts.append("</svg>")
-        charts.append({"framing": framing, "svg": "".join(parts), "n": len(vals),
+        charts.append({"key": key, "framing": framing, "svg": "".join(parts), "n": len(vals),
                        "flagged": sum(f for _, f in vals), "not_shown": not_shown})
     return charts
 
@@ -354,7 +354,8 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
     page = _env().get_template("report.html.j2").render(
         title=f"blackbox-audit: {(manifest.get('target') or {}).get('model') or run.path.name}",
         run_path=str(run.path), summary=manifest_summary(manifest, ref),
-        charts=distribution_svg(rows, key), rank_key=key,
+        charts=[c for k in dict.fromkeys(["ppl_diff", key]) if k in data["scores"]
+                for c in distribution_svg(rows, k)], rank_key=key,
         spec=spec.objective if spec else None, spec_lines=spec_lines,
         reference_only=any(r.get("mode") == "reference-only" for r in ranked),
         fallback="chat-continue" in data["framings"],

@@ -319,3 +319,14 @@ def test_a_key_in_model_output_is_redacted_and_its_row_loses_token_spans(tmp_pat
     row = next(r for r in page_data(html)["rows"] if r["id"] == key)
     assert row["text"] == "leaked <redacted> here"
     assert row["tok"] is None
+
+
+def test_delta_ppl_chart_is_always_drawn_and_the_rank_key_beside_it(tmp_path):
+    run = make_run(tmp_path / "run", xss=False)
+    ranked = run.load_ranked()
+    for r in ranked:
+        r["rank_key"] = "nll_diff"
+    run.write_ranked(ranked, COLUMNS)
+    html = render(run.path).path.read_text()
+    assert "ppl_diff and nll_diff distribution" in html
+    assert html.count('class="hist"') == 4          # two keys x two framings
