@@ -217,7 +217,14 @@ def top_table(ranked: list[dict[str, Any]], top: int, stream: TextIO | None = No
 
     key = ranked[0].get("rank_key", "ppl_diff") if ranked else "ppl_diff"
     flagged = any("flagged" in r for r in ranked)
+    notes = []
+    if any(r.get("mode") == "reference-only" for r in ranked):
+        notes.append("REFERENCE-ONLY (degraded): ranked by reference surprisal alone, the "
+                     "target returned no log-probabilities")
+    if any(r.get("framing") == "chat-continue" for r in ranked):
+        notes.append("chat-continue is a fallback framing: the prefill in the user turn")
     table = Table(title=f"top {top} of each (corpus, framing) by {key}", title_justify="left",
+                  caption=Text("\n".join(notes)) if notes else None, caption_justify="left",
                   show_lines=False, pad_edge=False, expand=True)
     table.add_column("corpus / framing", no_wrap=True)
     table.add_column("#", justify="right", no_wrap=True)

@@ -122,3 +122,14 @@ def test_top_table_prints_model_text_literally():
     assert "12.50" in text and "prose / chat" in text and "*" in text
     assert "[prefill] completion" in text
     assert terminal_safe("a\x1b[31m\tb\n\nc") == "a\ufffd[31m b c"
+
+
+def test_top_table_labels_reference_only_runs():
+    ranked = [{"corpus": "prose", "framing": "chat-continue", "rank": 0, "rank_key": "nll_ref",
+               "nll_ref": 4.5, "prefill": "The", "completion": "odd text",
+               "mode": "reference-only"}]
+    out = io.StringIO()
+    top_table(ranked, 5, out, width=160)
+    text = out.getvalue()
+    assert "REFERENCE-ONLY (degraded)" in text and "fallback framing" in text
+    assert "4.50" in text and "nll_ref" in text
