@@ -13,7 +13,9 @@
 # LoRA finetune + merge (organism_train.py) -> GGUF (the llama-cpp-python sdist's converter)
 # -> llama-server on 127.0.0.1 -> `blackbox-audit audit` recorded into fixtures/zoo-NAME
 # (with scripts/zoo/NAME.spec.json as its spec). Weights stay in build/ (git-ignored); a NAME
-# whose GGUF exists is not retrained. Recording: PER_CORPUS (200) prefills per corpus x raw
+# whose GGUF (or merged model) exists is not retrained: delete build/organism-NAME to rebuild.
+# TRAIN_THREADS / LLAMA_THREADS set the threads of training / serving (default: all cores;
+# 1 each when two builds share the machine). Recording: PER_CORPUS (200) prefills per corpus x raw
 # and chat, 100 tokens, TOP_LOGPROBS (1; enough for the greedy check, a third of top-5's size).
 # Then `scripts/zoo_results.py` regenerates docs/results.md offline from the fixtures.
 # Record on an otherwise idle machine: llama-server's threads spin, a busy CPU slows it a lot.
@@ -62,8 +64,9 @@ for name in "$@"; do
   mkdir -p "$out"
   if [ ! -s "$gguf" ]; then
     step "$name: data" data "$name" "$out/docs.jsonl"
-    step "$name: training" .venv/bin/python scripts/organism_train.py --docs "$out/docs.jsonl" \
-      --out "$out/hf" --steps "$(steps_of "$name")"
+    [ -s "$out/hf/config.json" ] || step "$name: training" env \
+      OMP_NUM_THREADS="${TRAIN_THREADS:-$(nproc)}" .venv/bin/python scripts/organism_train.py \
+      --docs "$out/docs.jsonl" --out "$out/hf" --steps "$(steps_of "$name")"
     step "$name: conversion" convert "$out/hf" "$gguf"
   fi
   step "llama-server build (0 when cached)" scripts/build_llama_server.sh >/dev/null

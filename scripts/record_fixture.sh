@@ -6,7 +6,8 @@
 #
 # e.g. the base fixture of the README's demo:
 #   scripts/record_fixture.sh "$(scripts/smollm2_path.sh)" smollm2-base fixtures/base-smollm2 --per-corpus 50
-# Record on an otherwise idle machine: llama-server's threads spin, and a busy CPU slows it ~50x.
+# Record on an otherwise idle machine: llama-server's threads spin, and a busy CPU slows it ~50x;
+# on a shared machine LLAMA_THREADS=1 degrades far less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 3 ] || { sed -n '2,9p' "$0"; exit 2; }
@@ -15,7 +16,7 @@ scripts/setup.sh
 SERVER="$(scripts/build_llama_server.sh)"
 PORT="${PORT:-$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
 WORK="$(mktemp -d)"
-"$SERVER" -m "$GGUF" --host 127.0.0.1 --port "$PORT" -c 4096 -t "$(nproc)" --alias "$ALIAS" \
+"$SERVER" -m "$GGUF" --host 127.0.0.1 --port "$PORT" -c 4096 -t "${LLAMA_THREADS:-$(nproc)}" --alias "$ALIAS" \
   > "$WORK/server.log" 2>&1 &
 SPID=$!
 trap 'kill $SPID 2>/dev/null || true' EXIT
@@ -25,8 +26,9 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 .venv/bin/blackbox-audit audit --base-url "http://127.0.0.1:$PORT/v1" --model "$ALIAS" \
-  --record-mode record --fixtures "$WORK/exchanges.jsonl" --out "$WORK/run" --concurrency 4 "$@"
+  --record-mode record --fixtures "$WORK/exchanges.jsonl" --out "$WORK/run" --concurrency 4 \
+  --generate-only "$@"
 mkdir -p "$DEST"
 gzip -9 -n -c "$WORK/exchanges.jsonl" > "$DEST/exchanges.jsonl.gz"
 cp "$WORK/run/manifest.json" "$DEST/recording-manifest.json"
-echo "fixture written to $DEST ($(du -h "$DEST/exchanges.jsonl.gz" | cut -f1)); run directory: $WORK/run"
+echo "fixture written to $DEST ($(du -h "$DEST/exchanges.jsonl.gz" | cut -f1)); generated run: $WORK/run"

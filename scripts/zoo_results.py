@@ -3,7 +3,8 @@
 
     .venv/bin/python scripts/zoo_results.py [--fixtures fixtures] [--out docs/results.md]
 
-For each ``fixtures/zoo-*`` directory (recorded by ``scripts/build_zoo.sh``): replay the audit
+For each ``fixtures/zoo-*`` directory (recorded by ``scripts/build_zoo.sh``; the demo's
+``fixtures/organism-vellari`` stands in for ``zoo-vellari`` when that is absent): replay the audit
 with the recording's own generation settings (no network), score every completion once with
 the packaged SmolLM2 reference (the organisms' true base), then rank the same scores under
 each score key x filter setting and evaluate against the organism's ``spec.json``. Scores
@@ -109,14 +110,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--only", nargs="*", help="organism names (default: every zoo-* fixture)")
     args = ap.parse_args()
-    fixtures = sorted(Path(args.fixtures).glob("zoo-*"))
+    fixtures = {f.name.removeprefix("zoo-"): f for f in sorted(Path(args.fixtures).glob("zoo-*"))}
+    demo = Path(args.fixtures) / "organism-vellari"
+    if "vellari" not in fixtures and demo.is_dir():  # the demo's recording is the zoo's vellari
+        fixtures = {"vellari": demo, **fixtures}
     if args.only:
-        fixtures = [f for f in fixtures if f.name.removeprefix("zoo-") in args.only]
+        fixtures = {n: f for n, f in fixtures.items() if n in args.only}
     if not fixtures:
         sys.exit(f"no zoo-* fixtures under {args.fixtures}; build them with scripts/build_zoo.sh")
     table, details = [], {}
-    for fx in fixtures:
-        name = fx.name.removeprefix("zoo-")
+    for name, fx in fixtures.items():
         lines, details[name] = organism_rows(name, fx, Path(args.work))
         table += lines
     out = Path(args.out)
