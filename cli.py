@@ -239,6 +239,13 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-compression-ratio", type=float, default=0.0,
                    help="leave out repetitive completions whose zlib-compressed/raw size is "
                         "below this (e.g. 0.2 drops '0000...', ';;;;...'); 0 = off (default)")
+    g.add_argument("--generate-only", action="store_true",
+                   help="stop after generation: record fixtures, or score later (elsewhere, "
+                        "e.g. where a GPU is) with `blackbox-audit score RUN`")
+    g.add_argument("--noise-floor", type=float, metavar="NATS",
+                   help="a noise floor measured elsewhere, in nats/token (e.g. 0.028: the p99 "
+                        "of the packaged base against itself, docs/noise-floor.md); each "
+                        "ranked row's vs_floor = nll_diff / the largest floor known")
 
 
 def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
@@ -348,11 +355,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             retries=args.retries, timeout=args.timeout, record_mode=args.record_mode,
             fixtures=args.fixtures, reference=args.reference, device=args.device,
             alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
-            min_compression_ratio=args.min_compression_ratio,
-            max_degraded_share=args.max_degraded_share, quiet=args.quiet,
+            min_compression_ratio=args.min_compression_ratio, noise_floor=args.noise_floor,
+            generate_only=args.generate_only, max_degraded_share=args.max_degraded_share,
+            quiet=args.quiet,
             target=args.target, reference_only=args.reference_only, pricing=args.pricing)
         spec = _spec(args.spec)
         result = audit.run_audit(cfg)
+        if cfg.generate_only:
+            return 0
         show_top(result.ranked, args.top, spec)
         counts = result.manifest["counts"]
         print(f"\n{counts['ranked']} of {counts['rows']} rows ranked "
@@ -396,7 +406,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "score":
         result = audit.rescore(args.run, args.reference, args.device, args.alignment,
                                args.rank_key, args.min_tokens, args.quiet,
-                               args.min_compression_ratio)
+                               args.min_compression_ratio, args.noise_floor)
         print_top(result.ranked, args.top)
         return 0
     if args.command == "eval":

@@ -34,6 +34,7 @@ from .framing import (
     continue_messages,
     render_prompt,
 )
+from .noise import combine, self_floor
 from .prefills import documents, make_cutter, select_prefills
 from .progress import Progress, count_progress
 from .quality import REASONS, count_reasons
@@ -80,6 +81,8 @@ class AuditConfig:
     rank_key: str = "ppl_diff"
     min_tokens: int = 5
     min_compression_ratio: float = 0.0
+    generate_only: bool = False          # stop after generation (recording fixtures)
+    noise_floor: float | None = None     # nats/token, e.g. a base run's p99 (docs/noise-floor.md)
     max_degraded_share: float = 0.25
     quiet: bool = False
     target: str | None = None            # KIND:MODEL (providers/registry.py); else base_url
@@ -122,7 +125,8 @@ class AuditConfig:
         return RetryPolicy(attempts=self.retries + 1, attempt_timeout=self.timeout)
 
     def rank_config(self) -> RankConfig:
-        return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
+        return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio,
+                          self.noise_floor)
 
     def resolve_target(self):
         """The target (providers/registry.py), filling model, base URL and key variable from
@@ -280,9 +284,13 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
 
 # -- stage 3: reference scoring ------------------------------------------------------------
 def score_run(run: RunDir, completions: dict[str, Completion], reference: ReferenceModel,
-              view: TokenizerView, alignment: str = "auto", quiet: bool = False
-              ) -> dict[str, Any]:
-    """Score every usable completion not yet scored by this reference; append as we go."""
+              view: TokenizerView, alignment: str = "auto", quiet: bool = False,
+              noise_sample: int = 32) -> dict[str, Any]:
+    """Score every usable completion not yet scored by this reference; append as we go.
+
+    Then score ``noise_sample`` of the new rows again one at a time: the scorer's own noise
+    floor (``noise.self_floor``), which the ranking's ``vs_floor`` column is measured against.
+    """
     have = run.load_scores(reference.name)
     todo = [c for k, c in completions.items() if c.usable and k not in have]
     if alignment == "auto":
@@ -307,14 +315,19 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
             run.append_score(reference.name, score_row(c, item, lps))
         progress.update(rows=f"{min(lo + chunk, len(items))}/{len(items)}")
     progress.finish()
+    seconds = round(time.monotonic() - t0, 2)
     paths: dict[str, int] = {}
     for i in items:
         paths[i.alignment] = paths.get(i.alignment, 0) + 1
-    return {"reference": reference.name, "scored_now": len(items), "scored_before": len(have),
-            "alignment": alignment, "misaligned": len(misaligned),
-            "misaligned_examples": dict(list(misaligned.items())[:5]),
-            "alignment_paths": paths,
-            "seconds": round(time.monotonic() - t0, 2)}
+    out = {"reference": reference.name, "scored_now": len(items), "scored_before": len(have),
+           "alignment": alignment, "misaligned": len(misaligned),
+           "misaligned_examples": dict(list(misaligned.items())[:5]),
+           "alignment_paths": paths, "seconds": seconds}
+    if items and noise_sample > 0:
+        scored = run.load_scores(reference.name)
+        by_key = {c.row_key: i for c, i in zip(rows, items, strict=True)}
+        out["noise_floor"] = {"self": self_floor(reference, by_key, scored, noise_sample)}
+    return out
 
 
 # -- stage 4: ranking ----------------------------------------------------------------------
@@ -327,7 +340,8 @@ def rank_run(run: RunDir, completions: dict[str, Completion], ref_name: str,
 
 def rescore(out: str, reference: str | None = None, device: str | None = None,
             alignment: str = "auto", rank_key: str = "ppl_diff", min_tokens: int = 5,
-            quiet: bool = False, min_compression_ratio: float = 0.0) -> AuditResult:
+            quiet: bool = False, min_compression_ratio: float = 0.0,
+            noise_floor: float | None = None) -> AuditResult:
     """Score and rank an existing run again (another reference, another key): no requests."""
     run = RunDir(out)
     manifest = run.read_manifest()
@@ -348,6 +362,9 @@ def rescore(out: str, reference: str | None = None, device: str | None = None,
     model = ReferenceModel(spec, device=device, tokenizer=tokenizer)
     scoring = score_run(run, completions, model, TokenizerView(tokenizer, template), alignment,
                         quiet)
+    manifest["noise_floor"] = combine(manifest.get("noise_floor"), scoring.get("noise_floor"),
+                                      noise_floor)
+    rank_cfg.noise_floor = manifest["noise_floor"]["floor"]
     ranked, left_out = rank_run(run, completions, model.name, rank_cfg)
     manifest.setdefault("rescoring", []).append({**scoring, "ranking": rank_cfg.to_json(),
                                                  "left_out_of_ranking": left_out})
@@ -428,6 +445,12 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
             run.write_manifest(manifest)
             raise
     account("done")
+    if cfg.generate_only:  # score later, elsewhere: `blackbox-audit score RUN`
+        manifest["status"] = "generated"
+        run.write_manifest(manifest)
+        log(cfg, f"generated; score and rank later with: blackbox-audit score {run.path}")
+        run.close()
+        return AuditResult(run, manifest, [])
 
     wanted = {r.row_key for r in requests}
     completions = {k: c for k, c in run.load_completions().items() if k in wanted}
@@ -439,6 +462,9 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
     manifest["scoring"] = score_run(run, completions, reference, view, cfg.alignment,
                                     cfg.quiet)
     rank_cfg = cfg.rank_config()
+    manifest["noise_floor"] = combine(manifest.get("noise_floor"),
+                                      manifest["scoring"].get("noise_floor"), cfg.noise_floor)
+    rank_cfg.noise_floor = manifest["noise_floor"]["floor"]
     ranked, left_out = rank_run(run, completions, reference.name, rank_cfg)
     n = len(completions)
     degraded = sum(1 for c in completions.values() if c.degraded)
