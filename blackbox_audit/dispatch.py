@@ -7,8 +7,9 @@ earns 429s from a rate-limited one (and every 429 is a round trip that bought no
 - it starts at a moderate level (``start``) and grows by one slot per successful answer
   (slow start: doubling per round trip) until the first sign of overload, then by one slot
   per window of answers (additive increase), never above ``cap``;
-- a 429 halves the window (multiplicative decrease), as do a 503 and a timeout; answers to
-  requests sent *before* the last cut do not cut again, so one burst of 429s is one cut;
+- a 429 halves the window (multiplicative decrease), as do 503/504/529 and timeouts;
+  answers to requests sent *before* the last cut do not cut again, so one burst of 429s is
+  one cut;
 - a slot is held for the whole request, retries and their waits included, so a request
   sleeping on ``Retry-After`` keeps its place and holds back new ones.
 

@@ -416,6 +416,8 @@ def _payload(response: httpx.Response, content: bytes) -> tuple[Any, str]:
     ctype = response.headers.get("content-type", "application/json")
     if JSON_EXTENSION in response.extensions:
         return response.extensions[JSON_EXTENSION], "application/json"
+    if not content and "json" in ctype:
+        return _BROKEN, ctype
     try:
         return json.loads(content), "application/json"
     except ValueError:
@@ -498,14 +500,16 @@ class RetryPolicy:
     """Bounded retries with jittered exponential backoff (tenacity), at the transport.
 
     Retried: connection errors, timeouts, bodies cut off mid-way (a protocol error, or a 2xx
-    JSON body that does not parse), and the statuses in ``retry_statuses`` (429, 5xx and the
-    "try again" 4xx). Never retried: any other 4xx, so a wrong URL (404), key (401) or
-    permission (403) fails on the first answer. A server-requested wait (``Retry-After``,
-    ``retry-after-ms``) is honoured up to ``max_wait``; otherwise attempt n (from 0) waits a
-    uniformly random time in [0, min(max_backoff, base_delay * 2**n)] ("full jitter", so a
-    crowd of clients does not retry in lockstep). Each attempt is cut off after
-    ``attempt_timeout`` seconds in all (connect, send, every read), whatever the server's
-    pace. Hence no request can take longer than :meth:`request_bound`.
+    JSON body that does not parse or is empty), and the statuses in ``retry_statuses`` (429,
+    5xx, Anthropic's 529 and the "try again" 4xx); ``overload_statuses`` and timeouts also
+    tell the concurrency controller to back off. Never retried: any other 4xx, so a wrong
+    URL (404), key (401) or permission (403) fails on the first answer. A server-requested
+    wait (``Retry-After``, ``retry-after-ms``) is honoured up to ``max_wait``; otherwise
+    attempt n (from 0) waits a uniformly random time in
+    [0, min(max_backoff, base_delay * 2**n)] ("full jitter", so a crowd of clients does not
+    retry in lockstep). Each attempt is cut off after ``attempt_timeout`` seconds in all
+    (connect, send, every read), whatever the server's pace. Hence no request can take
+    longer than :meth:`request_bound`.
     """
 
     attempts: int = 4                 # total tries per request (1 = no retries)
@@ -513,7 +517,9 @@ class RetryPolicy:
     max_backoff: float = 30.0
     max_wait: float = 60.0            # cap on a server-requested wait
     attempt_timeout: float | None = None   # None: the client's --timeout (build_client)
-    retry_statuses: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+    # 529: Anthropic's "overloaded_error".
+    retry_statuses: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+    overload_statuses: frozenset[int] = frozenset({503, 504, 529})
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -618,12 +624,12 @@ class RetryTransport(httpx.AsyncBaseTransport):
             if self.feedback is not None:
                 if status == 429:
                     self.feedback.throttled_by(started, retry_after_seconds(response.headers))
-                elif status == 503:
+                elif status in self.policy.overload_statuses:
                     self.feedback.overloaded_by(started)
             raise RetryableStatus(response)
-        if 200 <= status < 300 and _is_json(response):
+        if 200 <= status < 300 and status != 204 and _is_json(response):
             try:
-                response.extensions[JSON_EXTENSION] = json.loads(body) if body else None
+                response.extensions[JSON_EXTENSION] = json.loads(body)  # b"" fails too
             except ValueError:
                 self.stats.by_status["TruncatedBody"] += 1
                 raise TruncatedBody(f"HTTP {status} body is not complete JSON ({len(body)} "

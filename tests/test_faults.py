@@ -300,3 +300,23 @@ def test_accounting_prices_paid_tokens_and_sums_sessions(tmp_path):
     table.write_text('{"my-local-llama": {"input": 1.0, "output": 2.0}}')
     own = Pricer("my-local-llama", str(table))
     assert own.cost(1_000_000, 1_000_000) == pytest.approx(3.0)
+
+
+def test_overload_statuses_back_off_and_empty_answers_are_retried_not_recorded(tmp_path):
+    from blackbox_audit.transport import FixtureStore
+
+    answers = [httpx.Response(529, json={"type": "error", "error": {"type": "overloaded_error"}}),
+               httpx.Response(504, text="gateway timeout"),
+               httpx.Response(200, content=b"", headers={"content-type": "application/json"}),
+               httpx.Response(200, json={"ok": True})]
+    lim = AdaptiveLimiter(cap=16, start=8)
+    store = FixtureStore(tmp_path / "ex.jsonl")
+    client = build_client("http://h/v1", mode="record", store=store, feedback=lim,
+                          network=httpx.MockTransport(lambda r: answers.pop(0)),
+                          retry=RetryPolicy(attempts=4, base_delay=0.01, attempt_timeout=5))
+    r = run(client.post("/x", json={"i": 1}))
+    run(client.aclose())
+    assert r.json() == {"ok": True} and not answers
+    assert lim.overloaded == 2 and lim.cuts >= 1
+    recorded = [json.loads(x) for x in (tmp_path / "ex.jsonl").read_text().splitlines()]
+    assert [x["response"] for x in recorded] == [{"ok": True}]
