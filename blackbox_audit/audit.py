@@ -113,7 +113,8 @@ class AuditConfig:
         for name, value, lo in (("--max-tokens", self.max_tokens, 1),
                                 ("--top-logprobs", self.top_logprobs, 1),
                                 ("--concurrency", self.concurrency, 1),
-                                ("--start-concurrency", self.start_concurrency or 1, 1),
+                                ("--start-concurrency", 1 if self.start_concurrency is None
+                                 else self.start_concurrency, 1),
                                 ("--retries", self.retries, 0)):
             if value < lo:
                 raise ConfigError(f"{name} must be at least {lo}.")
