@@ -23,15 +23,18 @@ from test_report import SPEC, XSS, make_run
 from blackbox_audit.report import render
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("BLACKBOX_AUDIT_CHROMIUM") or next(
-    (p for p in ("/usr/bin/chromium", shutil.which("chromium") or "",
-                 shutil.which("chromium-browser") or "") if p and os.path.exists(p)), None)
+_CANDIDATES = ([os.environ["BLACKBOX_AUDIT_CHROMIUM"]] if os.environ.get("BLACKBOX_AUDIT_CHROMIUM")
+               else ["/usr/bin/chromium", shutil.which("chromium") or "",
+                     shutil.which("chromium-browser") or ""])
+CHROMIUM = next((p for p in _CANDIDATES if p and os.path.exists(p)), None)
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 if CHROMIUM is None:
-    print("\ntest_report_browser: skipped, no Chromium (apt-get install chromium)")
-    pytestmark = pytest.mark.skip(reason="no Chromium binary (apt-get install chromium)")
+    _WHY = f"no Chromium binary at {', '.join(p for p in _CANDIDATES if p) or 'chromium on PATH'}" \
+        " (apt-get install chromium; scripts/test.sh does when it can)"
+    print(f"\ntest_report_browser: skipped, {_WHY}")
+    pytestmark = pytest.mark.skip(reason=_WHY)
 else:
     pytestmark = pytest.mark.timeout(600)
 
