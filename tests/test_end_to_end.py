@@ -127,3 +127,28 @@ def test_kill_9_mid_run_then_resume_sends_nothing_twice_and_loses_nothing(tmp_pa
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["rows"] == 40 and manifest["counts"]["ranked"] == 40
     assert "prose / raw" in stdout
+
+
+def test_generate_only_then_score_later_with_the_noise_floor(tmp_path):
+    """Generation alone (e.g. recording fixtures, or scoring later where a GPU is), then
+    `score`: every row ranked, the self noise floor measured and each row standing on it."""
+    from blackbox_audit.audit import rescore
+
+    out = tmp_path / "run"
+    with FakeOpenAIServer() as server:
+        result = run_audit(config(server, out, generate_only=True))
+    assert result.manifest["status"] == "generated" and result.ranked == []
+    assert not list(out.glob("scores.*")) and not (out / "ranked.jsonl").exists()
+    assert len((out / "completions.jsonl").read_text().splitlines()) == 12
+
+    result = rescore(str(out), noise_floor=None)
+    floor = result.manifest["noise_floor"]
+    assert floor["self"]["n"] == 12 and floor["self"]["max_abs"] < 1e-3  # fp32 on the CPU
+    assert floor["floor"] == floor["self"]["p99_abs"]
+    assert len(result.ranked) == 12
+    assert all(r["vs_floor"] is not None for r in result.ranked)
+
+    result = rescore(str(out), noise_floor=0.028)  # a base floor measured elsewhere wins
+    assert result.manifest["noise_floor"]["floor"] == 0.028
+    for r in result.ranked:
+        assert r["vs_floor"] == round(r["nll_diff"] / 0.028, 2)
