@@ -252,6 +252,7 @@ def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
     """The top rows of each (corpus, framing) ranking; with an OrganismSpec, flagged rows get
     a '*' and each group and framing says how many of its top rows match."""
     from blackbox_audit.flag import flag_rows, framing_summary, top_counts
+    from blackbox_audit.progress import terminal_safe
 
     out = out or sys.stdout
     if spec:
@@ -271,11 +272,12 @@ def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
               f"by {key}" + "".join(f"\n   [{lab}]" for lab in labels), file=out)
         name = "dPPL" if key == "ppl_diff" else key
         for row in rows[:top]:
-            text = " ".join((row["completion"] or "").split())
+            # model text: whitespace collapsed, control characters (terminal escapes) replaced
+            text = terminal_safe(row["completion"] or "")
             mark = "*" if row.get("flagged") else " "
             value = row.get(key, row["ppl_diff"])
-            print(f"{row['rank']:>3}{mark} {name} {value:>9.2f}  [{row['prefill']}] "
-                  f"{text[:110]}", file=out)
+            print(f"{row['rank']:>3}{mark} {name} {value:>9.2f}  "
+                  f"[{terminal_safe(row['prefill'] or '')}] {text[:110]}", file=out)
     if spec:
         print(f"\nspec: {spec.objective}", file=out)
         for framing, hit, shown, parts in framing_summary(top_counts(ranked, top)):
@@ -430,7 +432,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "show":
         spec = _spec(args.spec)
-        print_top(_ranked(args.run), args.top, spec)
+        show_top(_ranked(args.run), args.top, spec)
         return 0
     if args.command == "report":
         from blackbox_audit.report import render

@@ -133,3 +133,16 @@ def test_top_table_labels_reference_only_runs():
     text = out.getvalue()
     assert "REFERENCE-ONLY (degraded)" in text and "fallback framing" in text
     assert "4.50" in text and "nll_ref" in text
+
+
+def test_plain_top_lines_carry_no_terminal_escapes(capsys):
+    import cli
+
+    ranked = [{"corpus": "code", "framing": "raw", "rank": 0, "rank_key": "ppl_diff",
+               "ppl_diff": 12.5, "prefill": "x\x1b[2J", "completion": "a\x1b]0;pwned\x07 b\n c"}]
+    cli.print_top(ranked, 5)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "[x\ufffd[2J] a\ufffd]0;pwned\ufffd b c" in out
+    cli.show_top(ranked, 5)                      # not a terminal here: the same plain lines
+    assert capsys.readouterr().out == out
