@@ -11,7 +11,9 @@ Hosted services, each a flavour with its documented quirks:
 - ``together``: ``logprobs`` is an integer 0-20 on both endpoints and ``echo`` returns prompt
   logprobs (Together's OpenAPI spec, togethercomputer/openapi PR #104); legacy completions
   carry ``token_ids`` beside ``tokens``.
-- ``fireworks``: OpenAI shapes; top log-probabilities limited to 5; ``echo`` supported.
+- ``fireworks``: the legacy shape with ``token_ids`` beside ``tokens`` on /completions, and
+  ``echo`` (docs.fireworks.ai, API reference "Create Completion"); k is kept at 5 (a
+  conservative limit: the page states none).
 - ``openrouter``: routes each request to one of several upstream providers, some of which drop
   ``logprobs`` without an error (OpenRouterArchived/openrouter-runner issues #97, #101). We ask
   for ``provider.require_parameters`` (route only to providers that honour every parameter)
@@ -53,7 +55,7 @@ FLAVOUR_CAPABILITIES: dict[str, Capabilities] = {
     "llama-cpp-python": Capabilities(top_logprobs=20),
     "vllm": Capabilities(top_logprobs=20, assistant_prefill=True, echo=True),
     "together": Capabilities(top_logprobs=20, echo=True, token_ids=True),
-    "fireworks": Capabilities(top_logprobs=5, echo=True),
+    "fireworks": Capabilities(top_logprobs=5, echo=True, token_ids=True),
     "openrouter": Capabilities(top_logprobs=20),
     "deepseek": Capabilities(top_logprobs=20, raw_completion=False),
 }

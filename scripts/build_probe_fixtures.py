@@ -58,7 +58,8 @@ def _routes(name: str, mock: respx.MockRouter) -> None:
         mock.get(f"{base}/models").respond(200, json=S.models_list(
             "accounts/fireworks/models/llama-v3p1-8b-instruct", "fireworks"))
         mock.post(f"{base}/completions").respond(200, json=S.openai_legacy(
-            "accounts/fireworks/models/llama-v3p1-8b-instruct", "The feud between", PIECES))
+            "accounts/fireworks/models/llama-v3p1-8b-instruct", "The feud between", PIECES,
+            ids=[1403, 21425]))
     elif name == "openrouter":
         base = "https://openrouter.ai/api/v1"
         mock.get(f"{base}/models").respond(200, json=S.models_list(

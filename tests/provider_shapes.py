@@ -13,6 +13,7 @@ Sources, by shape:
   agenticloops-ai/agentic-ai-engineering issue #43.
 - Together legacy completions with ``token_ids`` beside ``tokens``/``token_logprobs``:
   togethercomputer/openapi (``LogprobsPart``), logprobs 0-20 and echo in PR #104.
+- Fireworks legacy completions with ``token_ids`` (docs.fireworks.ai, "Create Completion").
 - OpenRouter answering ``logprobs: null`` although they were requested:
   OpenRouterArchived/openrouter-runner issues #97 and #101.
 - DeepSeek answering every logprob with 0 or -9999 and empty ``top_logprobs``:

@@ -373,7 +373,8 @@ PROBES = {
                               "--reference-only"], 3, ["NO: refused (HTTP 400)"]),
     "together": (["together:meta-llama/Llama-3.2-3B-Instruct-Turbo"], 0, ["token ids"]),
     "fireworks": (["fireworks:accounts/fireworks/models/llama-v3p1-8b-instruct"], 0,
-                  ["top-k log-probabilities (max k) 5"]),
+                  ["top-k log-probabilities (max k) 5", "token ids                       yes"
+                   "       yes"]),
     "openrouter": (["openrouter:meta-llama/llama-3.1-8b-instruct"], 3,
                    ["NO: the answer carried none"]),
     "deepseek": (["deepseek:deepseek-chat"], 3, ["NO: placeholders"]),
