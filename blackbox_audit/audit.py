@@ -257,6 +257,7 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
                     capabilities=provider.capabilities.to_json(), preflight=report.to_json())
         if report.refusal:
             raise EndpointError(report.refusal + " Nothing more was sent.")
+        log(cfg, report.summary())
         progress = Progress("generation", len(todo), quiet=cfg.quiet)
         failed = 0
 

@@ -86,6 +86,18 @@ class ProbeReport:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line for the start of an audit: what was confirmed and what the run may cost."""
+        e = self.estimate
+        parts = [f"preflight: {self.calls} probe call{'' if self.calls == 1 else 's'}, "
+                 f"logprobs {self.confirmed.get('logprobs', 'not probed')}"]
+        if e:
+            cost = (f"at most ${e['cost_usd']:.2f}" if e.get("cost_usd") is not None
+                    else "cost unknown (no price; --pricing FILE)")
+            parts.append(f"estimate for {e['rows']} rows: <= {e['prompt_tokens']:,} prompt + "
+                         f"{e['completion_tokens']:,} completion tokens, {cost}")
+        return "; ".join(parts)
+
     def to_text(self) -> str:
         t = self.target
         where = f" at {t['base_url']}" if t.get("base_url") else ""

@@ -79,6 +79,7 @@ def test_openai_chat_continue_audit_marks_fallback_and_degraded_rows(tmp_path, m
     ranked = [json.loads(x) for x in (run / "ranked.jsonl").read_text().splitlines()]
     assert len(ranked) == 2 and {r["framing"] for r in ranked} == {"chat-continue"}
     assert "warning: chat framing impossible" in err
+    assert "preflight: 1 probe call, logprobs yes" in err and "at most $" in err
     assert "fallback framing: the prefill in the user turn" in out
     assert "1  not_greedy: a chosen token is not the argmax" in out
     assert "1  logprob_count: fewer log-probabilities than tokens" in out
