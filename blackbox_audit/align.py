@@ -129,10 +129,17 @@ def target_bytes(c: Completion) -> list[bytes]:
 
 
 def same_vocabulary(view: TokenizerView, c: Completion) -> bool:
-    """True when every target token id means the same bytes to the reference."""
+    """True when every target token id means the same bytes to the reference.
+
+    Tokens named by id alone (``token_id:N``) carry no bytes of their own: the ids must then
+    spell the returned text exactly in the reference's vocabulary, which is also the check
+    that the tokens rebuild the text (quality.py cannot make it without a vocabulary)."""
     if c.token_ids is None or len(c.token_ids) != len(c.tokens):
         return False
     vocab = len(view.tok)
+    if c.ids_only:
+        return (all(0 <= i < vocab for i in c.token_ids)
+                and b"".join(view.token_bytes(i) for i in c.token_ids) == c.text.encode())
     return all(0 <= i < vocab and view.token_bytes(i) == b
                for i, b in zip(c.token_ids, target_bytes(c), strict=True))
 

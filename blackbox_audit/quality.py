@@ -67,7 +67,7 @@ def assess(c: Completion) -> list[str]:
     if any(x <= SENTINEL or x > 1e-6 for x in vals) or (len(vals) > 1 and all(x == 0.0
                                                                               for x in vals)):
         reasons.append("sentinel_logprobs")
-    if not rebuilds(c):
+    if not c.ids_only and not rebuilds(c):  # ids alone: checked by alignment (align.py)
         reasons.append("text_mismatch")
     if c.top_logprobs and _not_greedy(lps, c.top_logprobs):
         reasons.append("not_greedy")

@@ -8,6 +8,7 @@ object per line, so every stage reads and writes plain files in the run director
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ class GenerationRequest:
         return f"{self.prefill.id}:{self.framing}"
 
 
+ID_PLACEHOLDER = re.compile(r"token_id:(\d+)")
+
+
 @dataclass
 class Completion:
     """The target's greedy continuation of one prefill in one framing, as internal data.
@@ -102,6 +106,13 @@ class Completion:
     @property
     def usable(self) -> bool:
         return self.error is None and not self.degraded
+
+    @property
+    def ids_only(self) -> bool:
+        """The server named tokens by id alone (vLLM's ``--return-tokens-as-token-ids``:
+        ``token_id:N``): their text is unknown until a vocabulary is consulted."""
+        return (self.token_ids is not None and bool(self.tokens)
+                and all(ID_PLACEHOLDER.fullmatch(t) for t in self.tokens))
 
     def to_json(self) -> dict[str, Any]:
         # Shallow on purpose: the row is serialised at once, and asdict's deep copy of every

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from blackbox_audit.records import ID_PLACEHOLDER
+
 
 class TopLogprob(TypedDict, total=False):
     token: str
@@ -64,6 +66,26 @@ class TokenColumns:
 
 def token_columns(logprobs: Any) -> TokenColumns | None:
     """Convert either logprob shape to columns; None when the response has no logprobs."""
+    cols = _columns(logprobs)
+    return _ids_from_placeholders(cols) if cols is not None else None
+
+
+def _ids_from_placeholders(cols: TokenColumns) -> TokenColumns:
+    """vLLM with ``--return-tokens-as-token-ids`` names each token ``token_id:N``. The ids are
+    then the only truth: the ``bytes`` it sends are those of the placeholder string, and its
+    ``text_offset`` counts placeholder lengths (a known vLLM bug), so both are dropped."""
+    if not cols.tokens:
+        return cols
+    matches = [ID_PLACEHOLDER.fullmatch(t) for t in cols.tokens]
+    if not all(matches):
+        return cols
+    cols.ids = [int(m.group(1)) for m in matches if m]
+    cols.token_bytes = None
+    cols.text_offset = None
+    return cols
+
+
+def _columns(logprobs: Any) -> TokenColumns | None:
     if not logprobs:
         return None
     if isinstance(logprobs, dict) and "content" in logprobs:

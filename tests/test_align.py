@@ -192,3 +192,32 @@ def test_special_token_text_in_a_continuation_is_scored_as_characters(view, chat
     assert set(item.ids[: item.start]) & view.special_ids  # <|im_start|> etc. of the template
     plain = align_text(view, context, " then nothing special appeared")
     assert not set(plain.ids[plain.start:]) & view.special_ids
+
+
+def test_tokens_named_by_id_alone_take_the_ids_path_when_they_spell_the_text(tokenizer, view):
+    """vLLM's --return-tokens-as-token-ids: tokens arrive as 'token_id:N', with the bytes of
+    the placeholder and wrong text offsets. The ids are the truth; they take the ids path
+    only when they spell the returned text in the reference's vocabulary."""
+    from providers.protocol import token_columns
+
+    text = " the two families kept a long and bitter feud going over some forty-one years"
+    ids = view.encode(text)
+    legacy = token_columns({"tokens": [f"token_id:{i}" for i in ids],
+                            "token_logprobs": [-0.5] * len(ids),
+                            "top_logprobs": [{f"token_id:{i}": -0.5} for i in ids],
+                            "text_offset": list(range(0, 9 * len(ids), 9))})
+    content = token_columns({"content": [
+        {"token": f"token_id:{i}", "logprob": -0.5, "bytes": list(f"token_id:{i}".encode())}
+        for i in ids]})
+    for cols in (legacy, content):
+        assert cols.ids == ids and cols.token_bytes is None and cols.text_offset is None
+    c = Completion(prefill_id="p", corpus="prose", prefill="The feud", framing="raw",
+                   text=text, tokens=legacy.tokens, token_ids=legacy.ids,
+                   logprobs=legacy.logprobs, finish_reason="length", prompt="The feud")
+    assert c.ids_only and assess(c) == []  # not a text mismatch: the vocabulary decides
+    assert same_vocabulary(view, c)
+    item = align(view, c, "ids")
+    assert item.ids[item.start:] == ids and scored_text(view, item) == text
+    other = Completion(**{**c.__dict__, "text": text.replace("feud", "fued")})
+    assert not same_vocabulary(view, other)  # ids that do not spell the text: text path
+    assert align(view, other).alignment == "text"
