@@ -349,9 +349,7 @@ async def confirm(provider, report: ProbeReport, sample: GenerationRequest,
             return
         raise
     if prefilled:
-        report.confirmed["assistant_prefill"] = ("NO: the prefill was regenerated"
-                                                 if "prefill_dropped" in c.degraded
-                                                 else "yes (continued)")
+        _prefill_verdict(report, c, base)
     if reference_only:
         report.confirmed.setdefault("logprobs", "not needed (--reference-only)")
     elif not c.logprobs or "no_logprobs" in c.degraded:
@@ -394,7 +392,12 @@ async def confirm(provider, report: ProbeReport, sample: GenerationRequest,
             report.refusal = report.refusal or e.message
             return
         raise
-    if "prefill_dropped" in p.degraded:
+    _prefill_verdict(report, p, base)
+
+
+def _prefill_verdict(report: ProbeReport, c, base: str) -> None:
+    """Did a prefilled call continue the assistant turn, or start a new one?"""
+    if "prefill_dropped" in c.degraded:
         report.confirmed["assistant_prefill"] = "NO: the prefill was regenerated"
         report.refusal = report.refusal or (
             f"The endpoint {base} ignored the assistant prefill and started a new turn. Use "

@@ -417,6 +417,22 @@ def test_probe_refuses_a_dropped_prefill_and_a_prefill_mode_without_support():
 
 
 @respx.mock
+def test_audit_preflight_refuses_when_its_first_prefilled_call_is_dropped():
+    from blackbox_audit.preflight import run_preflight
+
+    base = "http://127.0.0.1:9/v1"
+    respx.get(f"{base}/models").respond(200, json=S.models_list("m", "llamacpp"))
+    respx.post(f"{base}/chat/completions").respond(200, json=S.compatible_chat(
+        "m", [("The", -0.1), (" feud", -0.1), (" between", -0.1), (" two", -0.2)]))
+    t = parse_target(None, base_url=base, model="m")
+    _, report = run(run_preflight(
+        t, client(base), None, planned=["chat"], warnings=[], chat_mode="prefill",
+        reference_only=False, top_logprobs=5, sample=chat_req(), rows_per_framing=10,
+        max_tokens=8, pricing=None, for_audit=True))
+    assert report.calls == 2 and "ignored the assistant prefill" in report.refusal
+
+
+@respx.mock
 def test_first_request_failing_stops_the_run_with_exit_3(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     route = respx.post(f"{OPENAI}/chat/completions").respond(503, json={"error": "busy"})
