@@ -134,7 +134,8 @@ class ProbeReport:
         calls = f"{self.calls} short call{'' if self.calls == 1 else 's'}"
         lines.append("verdict: REFUSED, exit code 3 before any paid generation (the reason "
                      "follows on stderr)" if self.refusal else
-                     f"verdict: ready (this probe spent {calls} of at most 2 tokens each)")
+                     f"verdict: ready (this probe spent {calls}, at most 2 generated tokens "
+                     "per call)")
         return "\n".join(lines)
 
 
@@ -375,6 +376,9 @@ async def confirm(provider, report: ProbeReport, sample: GenerationRequest,
         report.confirmed["top_logprobs"] = (f"{k} returned for {sample.top_logprobs} asked"
                                             if k else "none returned")
         report.confirmed["token_ids"] = "yes" if c.token_ids else "no"
+        if not k:
+            report.warnings.append("no top log-probabilities came back: the greedy check "
+                                   "(chosen token = argmax) cannot run on this endpoint")
         if "not_greedy" in c.degraded:
             report.warnings.append("the probe's tokens are not the argmax of their top "
                                    "log-probabilities: the endpoint may not decode greedily")
