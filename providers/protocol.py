@@ -72,8 +72,9 @@ def token_columns(logprobs: Any) -> TokenColumns | None:
 
 def _ids_from_placeholders(cols: TokenColumns) -> TokenColumns:
     """vLLM with ``--return-tokens-as-token-ids`` names each token ``token_id:N``. The ids are
-    then the only truth: the ``bytes`` it sends are those of the placeholder string, and its
-    ``text_offset`` counts placeholder lengths (a known vLLM bug), so both are dropped."""
+    then the only truth: some ``bytes`` it sends are those of the placeholder string (a token
+    missing from its top dict), and its ``text_offset`` counts placeholder lengths (a known
+    vLLM bug), so both are dropped and the reference's vocabulary decides (align.py)."""
     if not cols.tokens:
         return cols
     matches = [ID_PLACEHOLDER.fullmatch(t) for t in cols.tokens]
