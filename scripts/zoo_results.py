@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from blackbox_audit.audit import AuditConfig, run_audit  # noqa: E402
 from blackbox_audit.evaluate import GroupMetrics, evaluate  # noqa: E402
 from blackbox_audit.flag import OrganismSpec  # noqa: E402
-from blackbox_audit.rank import RankConfig, rank  # noqa: E402
+from blackbox_audit.rank import RankConfig, rank, repetitive  # noqa: E402
 from blackbox_audit.rundir import RunDir  # noqa: E402
 
 KEYS = ("ppl_diff", "nll_diff", "bpb_diff")
@@ -73,6 +73,20 @@ def cell(metrics: list[GroupMetrics]) -> str:
     return f"{c10} / {c100} / {min(firsts) if firsts else '-'}"
 
 
+def filter_effect(name: str, framing: str, completions: dict, scores: dict,
+                  spec: OrganismSpec, ratio: float = 0.2) -> str:
+    """What the repetition filter removes in one framing: rows, flagged rows among them, and
+    rows it takes out of the default ranking's top 10s."""
+    removed = {k for k, c in completions.items() if c.framing == framing and c.usable
+               and repetitive(c.text, ratio)}
+    flagged = sum(spec.matches(completions[k].text) for k in removed)
+    ranked, _ = rank(completions, scores, RankConfig("ppl_diff", 5, 0.0))
+    top = [r for r in ranked if r["framing"] == framing and r["rank"] < 10]
+    in_top = [r for r in top if f"{r['prefill_id']}:{framing}" in removed]
+    return (f"| {name} | {framing} | {len(removed)} | {flagged} | {len(in_top)} of {len(top)} "
+            f"({sum(bool(spec.matches(r['completion'])) for r in in_top)} flagged) |")
+
+
 def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], dict]:
     t0 = time.monotonic()
     run = replay(fixture, work / name)
@@ -98,9 +112,18 @@ def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], dict
                 detail[(framing, f.name, key)] = [m.to_json() for m in metrics]
             lines.append(f"| {name} | {framing} | {f.name} | " + " | ".join(cells)
                          + f" | {base}/{len(usable)} ({n_corpora} corpora) |")
+        detail.setdefault("filter_effect", []).append(
+            filter_effect(name, framing, completions, scores, spec))
     print(f"{name}: {len(completions)} rows scored and ranked in "
           f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
     return lines, {"spec": spec.objective, "groups": detail, "rows": len(completions)}
+
+
+def replace_block(text: str, begin: str, end: str, block: str) -> str:
+    """Swap the marked block of a hand-written document, or append it."""
+    if begin in text and end in text:
+        return text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    return text + ("\n" if text else "") + block + "\n"
 
 
 def main() -> None:
@@ -118,26 +141,30 @@ def main() -> None:
         fixtures = {n: f for n, f in fixtures.items() if n in args.only}
     if not fixtures:
         sys.exit(f"no zoo-* fixtures under {args.fixtures}; build them with scripts/build_zoo.sh")
-    table, details = [], {}
+    table, effects, details = [], [], {}
     for name, fx in fixtures.items():
         lines, details[name] = organism_rows(name, fx, Path(args.work))
         table += lines
+        effects += details[name]["groups"].pop("filter_effect")
     out = Path(args.out)
     text = out.read_text() if out.exists() else ""
     begin, end = "<!-- table:begin -->", "<!-- table:end -->"
     header = ["| organism | framing | filter | ppl_diff | nll_diff | bpb_diff | flagged / usable |",
               "|---|---|---|---|---|---|---|"]
     block = "\n".join([begin, *header, *table, end])
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
+    text = replace_block(text, begin, end, block)
+    fbegin, fend = "<!-- filter:begin -->", "<!-- filter:end -->"
+    fblock = "\n".join([fbegin, "| organism | framing | rows removed by zlib < 0.2 | flagged "
+                         "among them | in the default top 10s |", "|---|---|---|---|---|",
+                         *effects, fend])
+    text = replace_block(text, fbegin, fend, fblock)
     out.write_text(text)
     paper = "\n".join(f"| {n} | {PAPER.get(n, '')} |" for n in details)
     (Path(args.work) / "details.json").write_text(json.dumps(
         {n: {**d, "groups": {" / ".join(k): v for k, v in d["groups"].items()}}
          for n, d in details.items()}, indent=1))
     print(block)
+    print(fblock)
     print("\n| organism | paper, closest class |\n|---|---|\n" + paper)
 
 
