@@ -132,6 +132,15 @@ def _error_detail(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
+def first_choice(payload: dict[str, Any], who: str) -> dict[str, Any]:
+    """The first choice of an OpenAI-style answer; an answer without one is the endpoint's
+    fault, not this row's (the run stops with a clear message)."""
+    choices = payload.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        raise EndpointError(f"{who} answered without choices: {str(payload)[:300]}")
+    return choices[0]
+
+
 def completion_from_columns(req: GenerationRequest, *, text: str, cols: TokenColumns | None,
                             finish_reason: str | None, prompt_tokens: int | None,
                             model: str | None) -> Completion:

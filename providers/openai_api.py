@@ -30,7 +30,7 @@ import httpx
 from blackbox_audit.errors import AuditError, EndpointError
 from blackbox_audit.records import Completion, GenerationRequest
 
-from .base import Capabilities, Provider, WireRequest, completion_from_columns
+from .base import Capabilities, Provider, WireRequest, completion_from_columns, first_choice
 from .protocol import token_columns
 from .sdk_bridge import as_httpx_response, sdk_http_client, split_params
 
@@ -133,10 +133,7 @@ class OpenAIProvider(Provider):
         return as_httpx_response(raw.http_response)
 
     def parse(self, req: GenerationRequest, payload: dict[str, Any]) -> Completion:
-        choices = payload.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            raise EndpointError(f"OpenAI answered without choices: {str(payload)[:300]}")
-        choice = choices[0]
+        choice = first_choice(payload, "OpenAI")
         usage = payload.get("usage") or {}
         cols = token_columns(choice.get("logprobs"))
         if self.legacy:

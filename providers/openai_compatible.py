@@ -34,7 +34,7 @@ import httpx
 from blackbox_audit.errors import EndpointError
 from blackbox_audit.records import GenerationRequest
 
-from .base import Capabilities, Provider, WireRequest, completion_from_columns
+from .base import Capabilities, Provider, WireRequest, completion_from_columns, first_choice
 from .protocol import TokenColumns, token_columns
 
 # Greedy means greedy: each flavour's own names for "no repetition penalty, no truncation".
@@ -100,10 +100,7 @@ class OpenAICompatibleProvider(Provider):
         return WireRequest("POST", "/completions", body)
 
     def parse(self, req: GenerationRequest, payload: dict[str, Any]):
-        choices = payload.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            raise EndpointError(f"The endpoint answered without choices: {str(payload)[:300]}")
-        choice = choices[0]
+        choice = first_choice(payload, "The endpoint")
         usage = payload.get("usage") or {}
         cols = token_columns(choice.get("logprobs"))
         dropped = False
