@@ -116,13 +116,15 @@ def test_chat_context_keeps_special_tokens(tokenizer, view, chat_template):
     assert item.ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3
 
 
+MUSEUM = ("The museum held an extraordinary collection of paintings, sculptures and old "
+          "maps; visitors came from every corner of the country to see the famous blue "
+          "vase, which had survived two fires, a flood and a careless curator in 1911. "
+          "Later, historians argued about its origin: some said Persian potters, others "
+          "claimed Venetian glassmakers had painted it during a long winter.")
+
+
 def test_a_run_takes_the_ids_path_only_when_many_ids_agree(tokenizer, view):
-    text = ("The museum held an extraordinary collection of paintings, sculptures and old "
-            "maps; visitors came from every corner of the country to see the famous blue "
-            "vase, which had survived two fires, a flood and a careless curator in 1911. "
-            "Later, historians argued about its origin: some said Persian potters, others "
-            "claimed Venetian glassmakers had painted it during a long winter.")
-    ids = view.encode(text)
+    ids = view.encode(MUSEUM)
     same = [completion_from_ids(tokenizer, view, "Hi", ids[i: i + 12]) for i in range(0,
                                                                                      len(ids),
                                                                                      12)]
@@ -221,3 +223,28 @@ def test_tokens_named_by_id_alone_take_the_ids_path_when_they_spell_the_text(tok
     other = Completion(**{**c.__dict__, "text": text.replace("feud", "fued")})
     assert not same_vocabulary(view, other)  # ids that do not spell the text: text path
     assert align(view, other).alignment == "text"
+
+
+def test_a_server_that_merges_split_characters_loses_only_those_rows(tokenizer, view):
+    """llama-server reports a token that completes a UTF-8 character together with the
+    partial token before it, as one entry (seen in the zoo's recordings: ' ש' as id 119 with
+    bytes ' \\xd7\\xa9', the ' \\xd7' token and its log-probability gone). Such a row's ids do
+    not spell its bytes: the run still takes the ids path, and that row alone is refused."""
+    ids = view.encode(" שלום")
+    assert [view.token_bytes(i) for i in ids[:2]] == [b" \xd7", b"\xa9"]
+    pieces = [b" \xd7\xa9", *(view.token_bytes(i) for i in ids[2:])]  # first entry merged
+    merged = Completion(prefill_id="m", corpus="prose", prefill="Hi", framing="raw",
+                        text=" שלום", tokens=[b.decode("utf-8", "replace") for b in pieces],
+                        token_ids=ids[1:], token_bytes=[list(b) for b in pieces],
+                        logprobs=[-1.0] * len(pieces), finish_reason="stop", prompt="Hi")
+    assert assess(merged) == []          # the bytes still rebuild the text: only ids tell
+    assert not same_vocabulary(view, merged)
+    good_ids = view.encode(MUSEUM)
+    assert len(set(good_ids)) >= 50
+    good = [completion_from_ids(tokenizer, view, "Hi", good_ids[i: i + 12])
+            for i in range(len(good_ids) - 12)] * 2
+    assert len(good) >= 100
+    assert choose_alignment(view, [*good, merged]) == "ids"   # 1 in more than 100 rows
+    with pytest.raises(AlignmentError, match="do not spell"):
+        align_ids(view, merged)
+    assert choose_alignment(view, [*good[:50], merged]) == "text"  # 1 of 51: too many
