@@ -152,7 +152,7 @@ MIN_DISTINCT_IDS = 50
 # as misaligned). llama-server reports a token that completes a UTF-8 character together with
 # the partial tokens before it, as one entry: their ids and log-probabilities are lost, so
 # such a row cannot be scored exactly on either path. One of them must not send a whole run
-# to the text path (1,200-row zoo audits had 3 or 4 each, all in runs of non-Latin text).
+# to the text path (the 1,200-row zoo audits have 0 to 5 each, all in runs of non-Latin text).
 MAX_DISAGREEING_SHARE = 0.01
 
 
