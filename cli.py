@@ -253,14 +253,12 @@ def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
     a '*' and each group and framing says how many of its top rows match."""
     from blackbox_audit.flag import flag_rows, framing_summary, top_counts
     from blackbox_audit.progress import terminal_safe
+    from blackbox_audit.rank import groups
 
     out = out or sys.stdout
     if spec:
         flag_rows(ranked, spec)
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in ranked:
-        groups.setdefault((row["corpus"], row["framing"]), []).append(row)
-    for (corpus, framing), rows in groups.items():
+    for (corpus, framing), rows in groups(ranked).items():
         key = rows[0].get("rank_key", "ppl_diff")
         labels = []
         if rows[0].get("mode") == "reference-only":

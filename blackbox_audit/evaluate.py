@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .flag import OrganismSpec, flag_rows
+from .rank import groups
 
 
 @dataclass
@@ -37,12 +38,8 @@ class GroupMetrics:
 def evaluate(ranked: list[dict[str, Any]], spec: OrganismSpec) -> list[GroupMetrics]:
     """Metrics of every (corpus, framing) group of a ranking, best first."""
     flag_rows(ranked, spec)
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in ranked:
-        groups.setdefault((row["corpus"], row["framing"]), []).append(row)
     out = []
-    for (corpus, framing), rows in groups.items():
-        rows.sort(key=lambda r: r["rank"])
+    for (corpus, framing), rows in groups(ranked).items():
         flagged = [r["rank"] for r in rows if r["flagged"]]
         out.append(GroupMetrics(
             corpus=corpus, framing=framing, n_ranked=len(rows),

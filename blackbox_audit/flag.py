@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .rank import groups
 
 
 @dataclass
@@ -69,14 +70,8 @@ def flag_rows(ranked: list[dict[str, Any]], spec: OrganismSpec) -> list[dict[str
 
 def top_counts(ranked: list[dict[str, Any]], k: int) -> dict[tuple[str, str], tuple[int, int]]:
     """(flagged, shown) among the top ``k`` of each (corpus, framing) group."""
-    out: dict[tuple[str, str], tuple[int, int]] = {}
-    for row in ranked:
-        if row["rank"] >= k:
-            continue
-        key = (row["corpus"], row["framing"])
-        f, n = out.get(key, (0, 0))
-        out[key] = (f + bool(row.get("flagged")), n + 1)
-    return out
+    return {key: (sum(bool(r.get("flagged")) for r in rows[:k]), len(rows[:k]))
+            for key, rows in groups(ranked).items()}
 
 
 def framing_summary(counts: dict[tuple[str, str], tuple[int, int]]

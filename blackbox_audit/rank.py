@@ -26,6 +26,16 @@ COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "vs_
            "prefill_id", "prefill", "completion"]
 
 
+def groups(ranked: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Ranked rows by (corpus, framing), each group in rank order: one ranking each."""
+    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in ranked:
+        out.setdefault((row["corpus"], row["framing"]), []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: r["rank"])
+    return out
+
+
 def vs_floor(nll_diff: float | None, floor: float | None) -> float | None:
     """A row's gap in units of the noise floor (blackbox_audit/noise.py): below 1, numerical
     noise alone could have produced it."""
