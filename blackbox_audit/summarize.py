@@ -146,7 +146,7 @@ async def ask(judge: Judge, body: dict[str, Any], key: str | None, mode: str,
               store: FixtureStore, timeout: float, stats: TransportStats) -> dict[str, Any]:
     """One judge call through the SDK over our client; the answer's JSON payload."""
     from providers.openai_api import _unwrap
-    from providers.sdk_bridge import as_httpx_response, sdk_http_client
+    from providers.sdk_bridge import as_httpx_response, sdk_client
 
     async with build_client(judge.base_url, mode=mode, store=store, timeout=timeout,
                             stats=stats) as client:
@@ -154,17 +154,13 @@ async def ask(judge: Judge, body: dict[str, Any], key: str | None, mode: str,
             import openai as sdk
             from openai import _base_client
 
-            c = sdk.AsyncOpenAI(api_key=key or "replay-no-key", base_url=judge.base_url,
-                                max_retries=0, timeout=timeout,
-                                http_client=sdk_http_client(client, _base_client))
+            c = sdk_client(sdk.AsyncOpenAI, _base_client, client, key, judge.base_url)
             create = c.chat.completions.with_raw_response.create
         else:
             import anthropic as sdk
             from anthropic import _base_client
 
-            c = sdk.AsyncAnthropic(api_key=key or "replay-no-key", base_url=judge.base_url,
-                                   max_retries=0, timeout=timeout,
-                                   http_client=sdk_http_client(client, _base_client))
+            c = sdk_client(sdk.AsyncAnthropic, _base_client, client, key, judge.base_url)
             create = c.messages.with_raw_response.create
         try:
             raw = await create(**body)

@@ -28,7 +28,7 @@ from blackbox_audit.records import Completion, GenerationRequest
 
 from .base import Capabilities, Provider, WireRequest, completion_from_columns
 from .openai_api import _unwrap
-from .sdk_bridge import as_httpx_response, sdk_http_client, split_params
+from .sdk_bridge import as_httpx_response, sdk_client, split_params
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
@@ -67,10 +67,8 @@ class AnthropicProvider(Provider):
         import anthropic
         from anthropic import _base_client
 
-        self.sdk = anthropic.AsyncAnthropic(
-            api_key=api_key or "replay-no-key", base_url=base_url, max_retries=0,
-            http_client=sdk_http_client(client, _base_client),
-            timeout=client.timeout.read or 120.0)
+        self.sdk = sdk_client(anthropic.AsyncAnthropic, _base_client, client, api_key,
+                              base_url)
         self._anthropic = anthropic
 
     def build(self, req: GenerationRequest) -> WireRequest:

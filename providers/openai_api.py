@@ -32,7 +32,7 @@ from blackbox_audit.records import Completion, GenerationRequest
 
 from .base import Capabilities, Provider, WireRequest, completion_from_columns, first_choice
 from .protocol import token_columns
-from .sdk_bridge import as_httpx_response, sdk_http_client, split_params
+from .sdk_bridge import as_httpx_response, sdk_client, split_params
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -88,12 +88,7 @@ class OpenAIProvider(Provider):
         import openai
         from openai import _base_client
 
-        # A placeholder key keeps the SDK quiet in replay, where nothing reaches OpenAI; the
-        # real key, when given, only ever lives in this object and the request header.
-        self.sdk = openai.AsyncOpenAI(
-            api_key=api_key or "replay-no-key", base_url=base_url, max_retries=0,
-            http_client=sdk_http_client(client, _base_client),
-            timeout=client.timeout.read or 120.0)
+        self.sdk = sdk_client(openai.AsyncOpenAI, _base_client, client, api_key, base_url)
         self._openai = openai
 
     def build(self, req: GenerationRequest) -> WireRequest:

@@ -55,6 +55,17 @@ def sdk_http_client(client: httpx.AsyncClient, sdk_base_client: ModuleType) -> A
     return http.AsyncClient(transport=_Bridge(), timeout=client.timeout.read or 120.0)
 
 
+def sdk_client(sdk_class: Any, sdk_base_client: ModuleType, client: httpx.AsyncClient,
+               api_key: str | None, base_url: str) -> Any:
+    """An official SDK client that sends through ``client`` with its own retries off.
+
+    A placeholder key keeps the SDK quiet in replay, where nothing reaches the vendor; the
+    real key, when given, only ever lives in the SDK object and the request header."""
+    return sdk_class(api_key=api_key or "replay-no-key", base_url=base_url, max_retries=0,
+                     http_client=sdk_http_client(client, sdk_base_client),
+                     timeout=client.timeout.read or 120.0)
+
+
 def as_httpx_response(sdk_response: Any) -> httpx.Response:
     """An SDK-side response (httpx2 or httpx) as a plain httpx.Response, for the shared
     status handling in :meth:`providers.base.Provider.raise_for_status`."""
