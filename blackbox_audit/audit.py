@@ -307,6 +307,7 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
     progress = Progress("rescoring", sum(len(i.ids) for i in items), unit="tokens",
                         quiet=quiet)
     chunk = 64
+    nll_ref: dict[str, float] = {}   # this session's rows, for the self noise floor
     t0 = time.monotonic()
     for lo in range(0, len(items), chunk):
         part = items[lo: lo + chunk]
@@ -314,7 +315,9 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
         ref_lps = reference.score([i.ids for i in part], [i.start for i in part],
                                   progress=lambda d, _t, b=base: progress.update(done=b + d))
         for c, item, lps in zip(rows[lo: lo + chunk], part, ref_lps, strict=True):
-            run.append_score(reference.name, score_row(c, item, lps))
+            score = score_row(c, item, lps)
+            run.append_score(reference.name, score)
+            nll_ref[c.row_key] = score.nll_ref
         progress.update(rows=f"{min(lo + chunk, len(items))}/{len(items)}")
     progress.finish()
     seconds = round(time.monotonic() - t0, 2)
@@ -326,9 +329,8 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
            "misaligned_examples": dict(list(misaligned.items())[:5]),
            "alignment_paths": paths, "seconds": seconds}
     if items and noise_sample > 0:
-        scored = run.load_scores(reference.name)
         by_key = {c.row_key: i for c, i in zip(rows, items, strict=True)}
-        out["noise_floor"] = {"self": self_floor(reference, by_key, scored, noise_sample)}
+        out["noise_floor"] = {"self": self_floor(reference, by_key, nll_ref, noise_sample)}
     return out
 
 

@@ -40,18 +40,17 @@ def quantiles(values: Sequence[float]) -> dict[str, float]:
             "p99_abs": sorted(abs(x) for x in xs)[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]}
 
 
-def self_floor(reference, items: dict[str, Any], scores: dict[str, Score], sample: int = 64,
+def self_floor(reference, items: dict[str, Any], nll_ref: dict[str, float], sample: int = 64,
                seed: int = 0) -> dict[str, float]:
-    """Per-row ΔNLL between the stored (batched) reference scores and the same rows scored
-    one at a time. ``items`` maps row keys to their ScoringItem (from ``align``)."""
-    keys = sorted(k for k in items if k in scores and scores[k].n_ref_tokens)
+    """Per-row ΔNLL between the batched reference scores (``nll_ref``: mean NLL per row key)
+    and the same rows scored one at a time. ``items`` maps row keys to their ScoringItem."""
+    keys = sorted(k for k in items if k in nll_ref and len(items[k].ids) > items[k].start)
     keys = random.Random(seed).sample(keys, min(sample, len(keys)))
     deltas = []
     for k in keys:
         item = items[k]
         (lps,) = reference.score([item.ids], [item.start])
-        alone = -sum(lps) / len(lps)
-        deltas.append(scores[k].nll_ref - alone)
+        deltas.append(nll_ref[k] - (-sum(lps) / len(lps)))
     return quantiles(deltas)
 
 

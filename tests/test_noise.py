@@ -34,7 +34,7 @@ def test_self_floor_is_the_scorers_batching_noise(reference, view):
     batched = reference.score([i.ids for i in items.values()], [i.start for i in items.values()])
     scores = {k: score_row(comps[k], items[k], lps)
               for k, lps in zip(items, batched, strict=True)}
-    floor = self_floor(reference, items, scores, sample=5)
+    floor = self_floor(reference, items, {k: s.nll_ref for k, s in scores.items()}, sample=5)
     assert floor["n"] == 5
     assert 0.0 <= floor["max_abs"] < 1e-3
 
