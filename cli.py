@@ -242,10 +242,11 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generate-only", action="store_true",
                    help="stop after generation: record fixtures, or score later (elsewhere, "
                         "e.g. where a GPU is) with `blackbox-audit score RUN`")
-    g.add_argument("--noise-floor", type=float, metavar="NATS",
-                   help="a noise floor measured elsewhere, in nats/token (e.g. 0.028: the p99 "
-                        "of the packaged base against itself, docs/noise-floor.md); each "
-                        "ranked row's vs_floor = nll_diff / the largest floor known")
+    g.add_argument("--noise-floor", metavar="NATS|RUN",
+                   help="a noise floor in nats/token (e.g. 0.028: the p99 of the packaged base "
+                        "against itself, docs/noise-floor.md), or the directory of a scored "
+                        "base-against-itself run to measure it from; each ranked row's "
+                        "vs_floor = nll_diff / the largest floor known")
 
 
 def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:

@@ -34,7 +34,7 @@ from .framing import (
     continue_messages,
     render_prompt,
 )
-from .noise import combine, self_floor
+from .noise import combine, given_floor, self_floor
 from .prefills import documents, make_cutter, select_prefills
 from .progress import Progress, count_progress
 from .quality import REASONS, count_reasons
@@ -82,7 +82,7 @@ class AuditConfig:
     min_tokens: int = 5
     min_compression_ratio: float = 0.0
     generate_only: bool = False          # stop after generation (recording fixtures)
-    noise_floor: float | None = None     # nats/token, e.g. a base run's p99 (docs/noise-floor.md)
+    noise_floor: str | float | None = None  # nats/token or a base run dir (docs/scores.md)
     max_degraded_share: float = 0.25
     quiet: bool = False
     target: str | None = None            # KIND:MODEL (providers/registry.py); else base_url
@@ -118,6 +118,8 @@ class AuditConfig:
                                 ("--retries", self.retries, 0)):
             if value < lo:
                 raise ConfigError(f"{name} must be at least {lo}.")
+        if self.noise_floor is not None:
+            given_floor(self.noise_floor)  # a bad floor fails now, not after generation
         if not 0.0 <= self.max_degraded_share <= 1.0:
             raise ConfigError("--max-degraded-share must be between 0 and 1.")
         self.rank_config()
@@ -126,8 +128,7 @@ class AuditConfig:
         return RetryPolicy(attempts=self.retries + 1, attempt_timeout=self.timeout)
 
     def rank_config(self) -> RankConfig:
-        return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio,
-                          self.noise_floor)
+        return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
 
     def resolve_target(self):
         """The target (providers/registry.py), filling model, base URL and key variable from
@@ -345,7 +346,7 @@ def rank_run(run: RunDir, completions: dict[str, Completion], ref_name: str,
 def rescore(out: str, reference: str | None = None, device: str | None = None,
             alignment: str = "auto", rank_key: str = "ppl_diff", min_tokens: int = 5,
             quiet: bool = False, min_compression_ratio: float = 0.0,
-            noise_floor: float | None = None) -> AuditResult:
+            noise_floor: str | float | None = None) -> AuditResult:
     """Score and rank an existing run again (another reference, another key): no requests."""
     run = RunDir(out)
     manifest = run.read_manifest()

@@ -13,7 +13,8 @@ tell signal from noise:
   and batching on the target's side: 0.028 nats/token at p99 for that fixture
   (docs/noise-floor.md).
 
-A user who measured a base floor elsewhere passes it as ``--noise-floor`` (nats/token). The
+A user who measured a base floor passes it as ``--noise-floor`` (nats/token, or the base
+run's directory, measured here with ``base_floor``). The
 floor used for standing is the largest p99 |ΔNLL| of those present; each ranked row then gets
 ``vs_floor = nll_diff / floor``: below 1, its gap is within what noise produces.
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
 from .records import Completion, Score
 
 
@@ -68,12 +71,39 @@ def floor_value(noise: dict[str, Any]) -> float | None:
     return max(values) if values else None
 
 
+def given_floor(value: str | float) -> dict[str, Any]:
+    """``--noise-floor``: a number (nats/token), or the directory of a scored base run (the
+    untouched base served like the target, audited against itself) whose per-row gaps are
+    the floor."""
+    try:
+        return {"p99_abs": float(value), "source": "given"}
+    except (TypeError, ValueError):
+        pass
+    from .rundir import RunDir
+
+    path = Path(str(value))
+    if not (path / "manifest.json").is_file():
+        raise ConfigError(f"--noise-floor {value}: neither a number (nats/token) nor a run "
+                          "directory (no manifest.json there).")
+    run = RunDir(path)
+    ref = (run.read_manifest().get("reference") or {}).get("name")
+    scored = sorted(f.name[len("scores."):-len(".jsonl")] for f in path.glob("scores.*.jsonl"))
+    if ref not in scored:  # rescored runs: the one reference that scored it
+        ref = scored[0] if len(scored) == 1 else None
+    scores = run.load_scores(ref) if ref else {}
+    floor = base_floor(run.load_completions(), scores) if scores else {}
+    if not floor:
+        raise ConfigError(f"--noise-floor {value}: that run has no scored rows of 5 tokens or "
+                          "more to measure a floor from; score it first (blackbox-audit score).")
+    return {**floor, "source": str(path)}
+
+
 def combine(previous: dict[str, Any] | None, measured: dict[str, Any] | None,
-            given: float | None) -> dict[str, Any]:
+            given: str | float | None) -> dict[str, Any]:
     """The run's noise-floor record: this scoring's self floor (else the one kept from an
     earlier session), a user-given floor, and the floor rows stand against."""
     noise = {k: v for k, v in (previous or {}).items() if k != "floor"}
     noise.update(measured or {})
     if given is not None:
-        noise["given"] = {"p99_abs": given}
+        noise["given"] = given_floor(given)
     return {**noise, "floor": floor_value(noise)}

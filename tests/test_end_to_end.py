@@ -152,3 +152,16 @@ def test_generate_only_then_score_later_with_the_noise_floor(tmp_path):
     assert result.manifest["noise_floor"]["floor"] == 0.028
     for r in result.ranked:
         assert r["vs_floor"] == round(r["nll_diff"] / 0.028, 2)
+
+    # A base run's directory: its per-row gaps are measured (here the run itself stands in).
+    from blackbox_audit.errors import ConfigError
+    from blackbox_audit.noise import given_floor
+
+    base = given_floor(str(out))
+    assert base["n"] == 12 and base["source"] == str(out)
+    result = rescore(str(out), noise_floor=str(out))
+    assert result.manifest["noise_floor"]["given"]["p99_abs"] == base["p99_abs"]
+    with pytest.raises(ConfigError, match="neither a number"):
+        given_floor(str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="neither a number"):
+        config(None, tmp_path / "r2", record_mode="replay", noise_floor="fast").validate()
