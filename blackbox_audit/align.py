@@ -75,8 +75,8 @@ class TokenizerView:
         self.special_ids = set(tokenizer.all_special_ids)
         added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
         self.added_text = {i: t.content for i, t in added.items()}
-        self.special_texts = sorted({t.content for t in added.values()
-                                     if getattr(t, "special", False)}, key=len, reverse=True)
+        self.special_texts = frozenset(t.content for t in added.values()
+                                       if getattr(t, "special", False))
         self._cache: dict[int, bytes] = {}
 
     @cached_property

@@ -30,17 +30,20 @@ from .errors import ConfigError
 from .records import Completion, Score
 
 
+def _nearest_rank(xs: Sequence[float], p: float) -> float:
+    """The ``p`` quantile of sorted ``xs`` by nearest rank."""
+    return xs[min(len(xs) - 1, max(0, round(p * (len(xs) - 1))))]
+
+
 def quantiles(values: Sequence[float]) -> dict[str, float]:
-    """Median, p1, p5, p95, p99 and max |v| (nearest-rank), rounded for reports."""
+    """Median, p1, p5, p95, p99, and the p99 and max of |v| (nearest rank)."""
     xs = sorted(values)
     if not xs:
         return {}
-
-    def q(p: float) -> float:
-        return xs[min(len(xs) - 1, max(0, round(p * (len(xs) - 1))))]
-    return {"n": len(xs), "median": q(0.5), "p1": q(0.01), "p5": q(0.05), "p95": q(0.95),
-            "p99": q(0.99), "max_abs": max(abs(x) for x in xs),
-            "p99_abs": sorted(abs(x) for x in xs)[min(len(xs) - 1, round(0.99 * (len(xs) - 1)))]}
+    out = {"n": len(xs), **{name: _nearest_rank(xs, p) for name, p in (
+        ("median", 0.5), ("p1", 0.01), ("p5", 0.05), ("p95", 0.95), ("p99", 0.99))}}
+    absolute = sorted(abs(x) for x in xs)
+    return {**out, "max_abs": absolute[-1], "p99_abs": _nearest_rank(absolute, 0.99)}
 
 
 def self_floor(reference, items: dict[str, Any], nll_ref: dict[str, float], sample: int = 64,
