@@ -74,21 +74,22 @@ def cell(metrics: list[GroupMetrics]) -> str:
     return f"{c10} / {c100} / {min(firsts) if firsts else '-'}"
 
 
-def filter_effect(name: str, framing: str, completions: dict, scores: dict,
+def filter_effect(name: str, framing: str, completions: dict, default_ranking: list[dict],
                   spec: OrganismSpec, ratio: float = 0.2) -> str:
     """What the repetition filter removes in one framing: rows, flagged rows among them, and
     rows it takes out of the default ranking's top 10s."""
-    removed = {k for k, c in completions.items() if c.framing == framing and c.usable
+    removed = {c.prefill_id for c in completions.values() if c.framing == framing and c.usable
                and repetitive(c.text, ratio)}
-    flagged = sum(spec.matches(completions[k].text) for k in removed)
-    ranked, _ = rank(completions, scores, RankConfig("ppl_diff", 5, 0.0))
-    top = [r for r in ranked if r["framing"] == framing and r["rank"] < 10]
-    in_top = [r for r in top if f"{r['prefill_id']}:{framing}" in removed]
+    flagged = sum(spec.matches(c.text) for c in completions.values()
+                  if c.framing == framing and c.prefill_id in removed)
+    top = [r for r in default_ranking if r["framing"] == framing and r["rank"] < 10]
+    in_top = [r for r in top if r["prefill_id"] in removed]
     return (f"| {name} | {framing} | {len(removed)} | {flagged} | {len(in_top)} of {len(top)} "
             f"({sum(bool(spec.matches(r['completion'])) for r in in_top)} flagged) |")
 
 
-def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], dict]:
+def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], list[str], dict]:
+    """The organism's table lines, its filter-effect lines, and the per-group details."""
     t0 = time.monotonic()
     run = replay(fixture, work / name)
     manifest = run.read_manifest()
@@ -96,7 +97,11 @@ def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], dict
     completions = run.load_completions()
     scores = run.load_scores(ref_name)
     spec = OrganismSpec.load(fixture / "spec.json")
-    lines, detail = [], {}
+    lines, effects, detail = [], [], {}
+    # Each ranking covers every framing: rank and evaluate once per filter x key.
+    metrics = {(f.name, key): evaluate(rank(completions, scores, RankConfig(
+        key, f.min_tokens, f.min_compression_ratio))[0], spec) for f in FILTERS for key in KEYS}
+    default_ranking, _ = rank(completions, scores, RankConfig("ppl_diff", 5, 0.0))
     framings = sorted({c.framing for c in completions.values()})
     for framing in framings:
         in_framing = [c for c in completions.values() if c.framing == framing]
@@ -106,18 +111,16 @@ def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], dict
         for f in FILTERS:
             cells = []
             for key in KEYS:
-                ranked, _ = rank(completions, scores, RankConfig(key, f.min_tokens,
-                                                                 f.min_compression_ratio))
-                metrics = [m for m in evaluate(ranked, spec) if m.framing == framing]
-                cells.append(cell(metrics))
-                detail[(framing, f.name, key)] = [m.to_json() for m in metrics]
+                group = [m for m in metrics[(f.name, key)] if m.framing == framing]
+                cells.append(cell(group))
+                detail[(framing, f.name, key)] = [m.to_json() for m in group]
             lines.append(f"| {name} | {framing} | {f.name} | " + " | ".join(cells)
                          + f" | {base}/{len(usable)} ({n_corpora} corpora) |")
-        detail.setdefault("filter_effect", []).append(
-            filter_effect(name, framing, completions, scores, spec))
+        effects.append(filter_effect(name, framing, completions, default_ranking, spec))
     print(f"{name}: {len(completions)} rows scored and ranked in "
           f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return lines, {"spec": spec.objective, "groups": detail, "rows": len(completions)}
+    return lines, effects, {"spec": spec.objective, "groups": detail,
+                            "rows": len(completions)}
 
 
 def replace_block(text: str, begin: str, end: str, block: str) -> str:
@@ -144,9 +147,9 @@ def main() -> None:
         sys.exit(f"no zoo-* fixtures under {args.fixtures}; build them with scripts/build_zoo.sh")
     table, effects, details = [], [], {}
     for name, fx in fixtures.items():
-        lines, details[name] = organism_rows(name, fx, Path(args.work))
+        lines, organism_effects, details[name] = organism_rows(name, fx, Path(args.work))
         table += lines
-        effects += details[name]["groups"].pop("filter_effect")
+        effects += organism_effects
     out = Path(args.out)
     text = out.read_text() if out.exists() else ""
     begin, end = "<!-- table:begin -->", "<!-- table:end -->"
