@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra attempts per request on 429, 5xx, timeouts and broken answers "
                         "(3), with jittered exponential backoff or the server's Retry-After; "
                         "401/403/404 are never retried")
+    t.add_argument("--verify-prompts", action="store_true",
+                   help="ask the endpoint to echo every prompt as it tokenised it (vLLM "
+                        "prompt_logprobs, Together / Fireworks echo) and mark rows whose prompt "
+                        "does not end with the prefill (prefill_altered)")
     g = a.add_argument_group("prefills and framing")
     g.add_argument("--prefills", default="builtin",
                    help="builtin (default), file:PATH (.txt one document per line, or .jsonl "
@@ -359,7 +363,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             min_compression_ratio=args.min_compression_ratio, noise_floor=args.noise_floor,
             generate_only=args.generate_only, max_degraded_share=args.max_degraded_share,
             quiet=args.quiet,
-            target=args.target, reference_only=args.reference_only, pricing=args.pricing)
+            target=args.target, reference_only=args.reference_only, pricing=args.pricing,
+            verify_prompts=args.verify_prompts)
         spec = _spec(args.spec)
         result = audit.run_audit(cfg)
         if cfg.generate_only:

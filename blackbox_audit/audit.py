@@ -88,6 +88,7 @@ class AuditConfig:
     target: str | None = None            # KIND:MODEL (providers/registry.py); else base_url
     reference_only: bool = False         # degraded mode for targets without logprobs
     pricing: str | None = None           # JSON file over the built-in pricing table
+    verify_prompts: bool = False         # echo every prompt back; mark prefill_altered rows
 
     def validate(self) -> None:
         bad = [f for f in self.framings if f not in ALL_FRAMINGS]
@@ -258,6 +259,14 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
                     capabilities=provider.capabilities.to_json(), preflight=report.to_json())
         if report.refusal:
             raise EndpointError(report.refusal + " Nothing more was sent.")
+        if cfg.verify_prompts:
+            provider.echo_prompts = True
+            echo = report.confirmed.get("echo", "not offered by this endpoint")
+            if not echo.startswith("yes"):
+                raise EndpointError(
+                    f"--verify-prompts needs the endpoint to echo the prompt back with its "
+                    f"tokens, and this one cannot ({echo}; offered by vLLM, Together and "
+                    "Fireworks). Run without --verify-prompts. Nothing more was sent.")
         log(cfg, report.summary())
         progress = Progress("generation", len(todo), quiet=cfg.quiet)
         failed = 0

@@ -332,7 +332,19 @@ def probe_request(framing: str, top_logprobs: int, prompt: str | None = None,
 
 async def confirm(provider, report: ProbeReport, sample: GenerationRequest,
                   prefill_sample: GenerationRequest | None, reference_only: bool) -> None:
-    """The generation and prefill calls; fills ``report.confirmed`` and ``report.refusal``."""
+    """The generation and prefill calls; fills ``report.confirmed`` and ``report.refusal``.
+    An adapter that declares echo / prompt log-probabilities asks for them in these same
+    calls, so confirming them costs no call of its own."""
+    asked_before = provider.echo_prompts
+    provider.echo_prompts = provider.capabilities.echo  # confirm echo in the same calls
+    try:
+        await _confirm(provider, report, sample, prefill_sample, reference_only)
+    finally:
+        provider.echo_prompts = asked_before
+
+
+async def _confirm(provider, report: ProbeReport, sample: GenerationRequest,
+                   prefill_sample: GenerationRequest | None, reference_only: bool) -> None:
     from providers.base import RequestFailed
 
     base = f"{provider.client.base_url}"
@@ -349,6 +361,10 @@ async def confirm(provider, report: ProbeReport, sample: GenerationRequest,
             report.refusal = e.message
             return
         raise
+    if sample.prompt is not None and sample.messages is None:
+        report.confirmed["raw_completion"] = "yes (the probe's call)"
+    if provider.echo_prompts:
+        _echo_verdict(report, c)
     if prefilled:
         _prefill_verdict(report, c, base)
     if reference_only:
@@ -399,14 +415,48 @@ async def confirm(provider, report: ProbeReport, sample: GenerationRequest,
     _prefill_verdict(report, p, base)
 
 
+def _echo_verdict(report: ProbeReport, c) -> None:
+    """Did the prompt come back, with real log-probabilities, ending with what was sent?"""
+    e = c.prompt_echo or {}
+    n = e.get("tokens", 0)
+    if not n:
+        report.confirmed["echo"] = "NO: asked for, none came back"
+    elif e.get("logprobs") != "real":
+        report.confirmed["echo"] = f"NO: {n} prompt tokens, log-probabilities {e.get('logprobs')}"
+    elif e.get("ends_with_prefill") is False:
+        report.confirmed["echo"] = f"yes ({n} prompt tokens), NOT ending with the prefill"
+        report.warnings.append(
+            f"the prompt the server echoed back ends with {e.get('tail', '')!r}, not with the "
+            "text sent: the server changes prompts (a template, normalised text); compare "
+            "--verify-prompts rows before trusting a ranking")
+    else:
+        report.confirmed["echo"] = (f"yes ({n} prompt tokens, ends with the text sent)"
+                                    if e.get("ends_with_prefill") else
+                                    f"yes ({n} prompt tokens)")
+
+
 def _prefill_verdict(report: ProbeReport, c, base: str) -> None:
-    """Did a prefilled call continue the assistant turn, or start a new one?"""
-    if "prefill_dropped" in c.degraded:
+    """Did a prefilled call continue the assistant turn, or start a new one? The server's
+    echo of its prompt, when asked for, settles it: a continued turn ends with the prefill, a
+    closed one with the template's end-of-turn and a new assistant header."""
+    echo = c.prompt_echo or {}
+    if echo.get("ends_with_prefill") is False:
+        report.confirmed["assistant_prefill"] = "NO: the server closed the assistant turn"
+        report.refusal = report.refusal or (
+            f"The endpoint {base} did not continue the assistant prefill: the prompt it "
+            f"echoed back ends with {echo.get('tail', '')!r}, not with the prefill (for vLLM: "
+            "a version without continue_final_message, or a chat template that always closes "
+            "the turn). Use --chat-mode template (client-side chat template on /completions) "
+            "or --framings chat-continue.")
+    elif "prefill_dropped" in c.degraded:
         report.confirmed["assistant_prefill"] = "NO: the prefill was regenerated"
         report.refusal = report.refusal or (
             f"The endpoint {base} ignored the assistant prefill and started a new turn. Use "
             "--chat-mode template (client-side chat template on /completions) or --framings "
             "chat-continue.")
+    elif echo.get("ends_with_prefill"):
+        report.confirmed["assistant_prefill"] = ("yes (continued: the server's prompt ends "
+                                                 "with the prefill)")
     else:
         report.confirmed["assistant_prefill"] = "yes (continued)"
 

@@ -76,6 +76,8 @@ class Completion:
 
     ``degraded`` lists the reasons this row cannot be trusted (empty when it can);
     ``error`` is set when no usable answer came back at all (the request failed).
+    ``prompt_echo`` summarises the server's echo of the prompt when it was asked for
+    (``--verify-prompts``; providers/base.py ``attach_echo``).
     ``mode`` is ``"reference-only"`` for a row from a target that returns no log-probabilities
     (Anthropic), kept for ranking by reference surprisal alone; None for the normal method.
     """
@@ -95,6 +97,7 @@ class Completion:
     prompt_tokens: int | None = None
     end_token: dict[str, Any] | None = None
     model: str | None = None
+    prompt_echo: dict[str, Any] | None = None
     degraded: list[str] = field(default_factory=list)
     error: str | None = None
     mode: str | None = None

@@ -20,7 +20,7 @@ from blackbox_audit.quality import assess
 from blackbox_audit.records import Completion, GenerationRequest
 from blackbox_audit.transport import JSON_EXTENSION
 
-from .protocol import TokenColumns
+from .protocol import PromptEcho, TokenColumns
 
 
 @dataclass
@@ -59,6 +59,9 @@ class Provider(ABC):
         self.capabilities = capabilities
         # --reference-only: rows are kept without target logprobs, labelled as such.
         self.reference_only = False
+        # Ask for the prompt back as the server tokenised it (echo / prompt logprobs), to
+        # check that it ends with the prefill (the preflight's probe; --verify-prompts).
+        self.echo_prompts = False
 
     @abstractmethod
     def build(self, req: GenerationRequest) -> WireRequest:
@@ -173,3 +176,40 @@ def completion_from_columns(req: GenerationRequest, *, text: str, cols: TokenCol
     c.tokens, c.logprobs, c.token_ids, c.token_bytes, c.top_logprobs = tokens, lps, ids, \
         tbytes, top
     return c
+
+
+def attach_echo(c: Completion, echo: PromptEcho | None, prefill: str) -> None:
+    """Record what the server's echo of the prompt shows, and mark the row when the prompt
+    the model saw does not end with the prefill (a server that closed the assistant turn,
+    added a template around the text, or dropped characters).
+
+    ``prompt_echo`` on the row: ``tokens`` (the server's prompt length), ``logprobs``
+    (``real``, ``none``, ``missing`` for gaps after the first token, or ``placeholder``),
+    ``ends_with_prefill`` (None when the echo cannot tell: split characters shown as U+FFFD),
+    and ``tail``, the end of the server's prompt, when it does not.
+    """
+    if echo is None:
+        c.prompt_echo = {"tokens": 0, "logprobs": "none", "ends_with_prefill": None}
+        return
+    rest = echo.logprobs[1:]
+    vals = [x for x in rest if x is not None]
+    if not vals:
+        quality = "none"
+    elif any(x <= -9999.0 or x > 1e-6 for x in vals) or (len(vals) > 1 and not any(vals)):
+        quality = "placeholder"
+    elif len(vals) < len(rest):
+        quality = "missing"
+    else:
+        quality = "real"
+    seen = echo.text
+    if seen.endswith(prefill) or (echo.first_unknown and seen and prefill.endswith(seen)):
+        ends: bool | None = True
+    elif "\ufffd" in seen or not seen:
+        ends = None
+    else:
+        ends = False
+    c.prompt_echo = {"tokens": len(echo.tokens), "logprobs": quality,
+                     "ends_with_prefill": ends}
+    if ends is False:
+        c.prompt_echo["tail"] = seen[-60:]
+        c.degraded.append("prefill_altered")

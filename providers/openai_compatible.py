@@ -34,8 +34,15 @@ import httpx
 from blackbox_audit.errors import EndpointError
 from blackbox_audit.records import GenerationRequest
 
-from .base import Capabilities, Provider, WireRequest, completion_from_columns, first_choice
-from .protocol import TokenColumns, token_columns
+from .base import (
+    Capabilities,
+    Provider,
+    WireRequest,
+    attach_echo,
+    completion_from_columns,
+    first_choice,
+)
+from .protocol import TokenColumns, prompt_echo, split_echo, token_columns
 
 # Greedy means greedy: each flavour's own names for "no repetition penalty, no truncation".
 GREEDY_EXTRAS: dict[str, dict[str, Any]] = {
@@ -89,6 +96,7 @@ class OpenAICompatibleProvider(Provider):
                                     "top_logprobs": k, **self._sampling()}
             if self.flavour == "vllm" and _prefilled(req):
                 body.update(continue_final_message=True, add_generation_prompt=False)
+            body.update(self._echo_params(chat=True))
             return WireRequest("POST", "/chat/completions", body)
         if not self.capabilities.raw_completion:
             raise EndpointError(
@@ -96,14 +104,26 @@ class OpenAICompatibleProvider(Provider):
                 "raw framing and the client-rendered chat framing are impossible; use "
                 "--framings chat-continue.")
         body = {"model": self.model, "prompt": req.prompt, "max_tokens": req.max_tokens,
-                "logprobs": k, **self._sampling()}
+                "logprobs": k, **self._sampling(), **self._echo_params(chat=False)}
         return WireRequest("POST", "/completions", body)
+
+    def _echo_params(self, chat: bool) -> dict[str, Any]:
+        """Ask for the prompt back as the server tokenised it (``echo_prompts``), in each
+        flavour's own words; nothing when not asked or not offered."""
+        if not self.echo_prompts or not self.capabilities.echo:
+            return {}
+        if self.flavour == "vllm":
+            return {"prompt_logprobs": 0}
+        if self.flavour == "fireworks" and chat:
+            return {}  # Fireworks documents echo on /completions only
+        return {"echo": True}
 
     def parse(self, req: GenerationRequest, payload: dict[str, Any]):
         choice = first_choice(payload, "The endpoint")
         usage = payload.get("usage") or {}
         cols = token_columns(choice.get("logprobs"))
         dropped = False
+        echo = None
         if req.messages is not None:
             content = (choice.get("message") or {}).get("content") or ""
             if _prefilled(req):
@@ -112,6 +132,8 @@ class OpenAICompatibleProvider(Provider):
                 text = content
         else:
             text = choice.get("text") or ""
+            if self.echo_prompts and _echoed_in_text(text, cols, req.prompt or ""):
+                echo, cols, text = split_echo(cols, text, req.prompt or "")
             cols = _tokens_from_offsets(cols, text)
         c = completion_from_columns(req, text=text, cols=cols,
                                     finish_reason=choice.get("finish_reason"),
@@ -119,6 +141,8 @@ class OpenAICompatibleProvider(Provider):
                                     model=payload.get("model"))
         if dropped:
             c.degraded.append("prefill_dropped")
+        if self.echo_prompts:
+            attach_echo(c, echo or prompt_echo(payload, choice), req.prefill.text)
         return c
 
 
@@ -136,6 +160,16 @@ def _strip_prefill(content: str, prefill: str, cols: TokenColumns | None) -> tup
     if content.startswith(prefill):
         return content[len(prefill):], False
     return content, False
+
+
+def _echoed_in_text(text: str, cols: TokenColumns | None, prompt: str) -> bool:
+    """Did the server put the prompt's own tokens first (OpenAI's legacy ``echo``)? Their
+    offsets start at 0, where a continuation's start at the prompt's length."""
+    if cols is None or not prompt or not text.startswith(prompt):
+        return False
+    if cols.text_offset:
+        return cols.text_offset[0] < len(prompt)
+    return "".join(cols.tokens).startswith(prompt)
 
 
 def _tokens_from_offsets(cols: TokenColumns | None, text: str) -> TokenColumns | None:

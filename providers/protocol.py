@@ -7,6 +7,16 @@ Two logprob shapes exist in the wild:
 - chat shape: ``logprobs = {content: [{token, logprob, bytes, id?, top_logprobs: [...]}]}``
   (OpenAI's /v1/chat/completions, and llama.cpp's server even on /v1/completions, with ids).
 
+The prompt as the server saw it (echo / prompt log-probabilities) comes in three more shapes,
+converted by :func:`prompt_echo` and :func:`split_echo`:
+- Together: ``prompt = [{text, logprobs: {tokens, token_logprobs, token_ids}}]`` beside the
+  choices (its OpenAPI spec, ``PromptPart``), on both endpoints, with ``echo: true``;
+- vLLM: ``prompt_logprobs = [null, {"<id>": {logprob, rank, decoded_token}}, ...]`` per
+  choice on /completions and beside the choices on /chat/completions, with
+  ``prompt_logprobs: 0`` (one entry per prompt token: the token itself);
+- OpenAI's legacy echo (Fireworks, davinci-002): the prompt's tokens lead the choice's own
+  ``text`` and ``logprobs``, so they are split off at the prompt's length.
+
 Everything here is data shape only: no policy, no HTTP.
 """
 
@@ -121,6 +131,86 @@ def _columns(logprobs: Any) -> TokenColumns | None:
                             top=tops if any(tops) else None,
                             text_offset=list(offsets) if isinstance(offsets, list) else None)
     return None
+
+
+@dataclass
+class PromptEcho:
+    """The prompt as the server tokenised it, with its log-probabilities (the first token has
+    none: nothing precedes it)."""
+
+    tokens: list[str]
+    logprobs: list[float | None]
+    ids: list[int] | None = None
+    first_unknown: bool = False  # vLLM gives no entry, so no text, for the first token
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+
+def prompt_echo(payload: dict[str, Any], choice: dict[str, Any]) -> PromptEcho | None:
+    """The server's echo of the prompt in Together's or vLLM's shape; None when absent."""
+    together = payload.get("prompt")
+    if isinstance(together, list) and together and isinstance(together[0], dict):
+        cols = _columns(together[0].get("logprobs"))
+        if cols is not None:
+            return PromptEcho(cols.tokens, cols.logprobs, cols.ids)
+    entries = choice.get("prompt_logprobs")
+    if entries is None:
+        entries = payload.get("prompt_logprobs")
+    if not isinstance(entries, list) or not entries:
+        return None
+    ids = choice.get("prompt_token_ids") or payload.get("prompt_token_ids")
+    tokens: list[str] = []
+    lps: list[float | None] = []
+    found: list[int] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry:  # the first token: no logprob
+            known = ids[i] if isinstance(ids, list) and i < len(ids) else None
+            tokens.append("")
+            lps.append(None)
+            found.append(known if isinstance(known, int) else -1)
+            continue
+        # prompt_logprobs: 0 leaves one entry, the prompt token; with k > 0 the prompt token
+        # is the one named by prompt_token_ids when given, else the first (vLLM puts it first)
+        key = next(iter(entry))
+        if isinstance(ids, list) and i < len(ids) and str(ids[i]) in entry:
+            key = str(ids[i])
+        item = entry[key] if isinstance(entry[key], dict) else {}
+        tokens.append(str(item.get("decoded_token") or ""))
+        lps.append(_float(item.get("logprob")))
+        found.append(int(key) if str(key).lstrip("-").isdigit() else -1)
+    return PromptEcho(tokens, lps, found if all(i >= 0 for i in found) else None,
+                      first_unknown=bool(tokens) and tokens[0] == "")
+
+
+def split_echo(cols: TokenColumns, text: str, prompt: str
+               ) -> tuple[PromptEcho | None, TokenColumns, str]:
+    """OpenAI's legacy echo puts the prompt's tokens first in the choice: split them off at
+    the prompt's length (by ``text_offset`` when given, else by the tokens' running length).
+    Returns (the echo or None when the text does not start with the prompt, the continuation's
+    columns, the continuation's text)."""
+    if not text.startswith(prompt):
+        return None, cols, text
+    n = len(prompt)
+    if cols.text_offset is not None and len(cols.text_offset) == len(cols.tokens):
+        cut = next((i for i, o in enumerate(cols.text_offset) if o >= n), len(cols.tokens))
+    else:
+        cut, pos = len(cols.tokens), 0
+        for i, t in enumerate(cols.tokens):
+            if pos >= n:
+                cut = i
+                break
+            pos += len(t)
+    echo = PromptEcho(cols.tokens[:cut], cols.logprobs[:cut],
+                      cols.ids[:cut] if cols.ids is not None else None)
+    rest = TokenColumns(
+        tokens=cols.tokens[cut:], logprobs=cols.logprobs[cut:],
+        ids=cols.ids[cut:] if cols.ids is not None else None,
+        token_bytes=cols.token_bytes[cut:] if cols.token_bytes is not None else None,
+        top=cols.top[cut:] if cols.top is not None else None,
+        text_offset=cols.text_offset[cut:] if cols.text_offset is not None else None)
+    return echo, rest, text[n:]
 
 
 def _float(x: Any) -> float | None:

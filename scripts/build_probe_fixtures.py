@@ -29,6 +29,19 @@ import provider_shapes as S  # noqa: E402
 OUT = ROOT / "fixtures" / "probe"
 FAKE_KEY = "sk-synthetic-DO-NOT-USE-0123456789abcdef"
 PIECES = [(" two", -0.61), (" rival", -1.08)]
+# The probe's prompt as a server tokenises it (echo / prompt logprobs): without and with a
+# BOS token (whose entry, first, has no logprob), and a Llama-3 chat template continued at
+# the assistant prefill.
+PROMPT = [("The", None), (" feud", -9.12), (" between", -2.31)]
+PROMPT_BOS = [("<|begin_of_text|>", None), ("The", -7.95), (" feud", -9.12), (" between", -2.31)]
+PROMPT_IDS = [128000, 791, 57367, 1990]
+CHAT_PROMPT = [("<|begin_of_text|>", None), ("<|start_header_id|>", -13.2), ("user", -2.9),
+               ("<|end_header_id|>", -0.02), ("\n\n", -0.7), ("Continue", -11.4),
+               ("<|eot_id|>", -3.1), ("<|start_header_id|>", -0.01), ("assistant", -0.02),
+               ("<|end_header_id|>", -0.01), ("\n\n", -0.03), ("The", -5.8), (" feud", -8.7),
+               (" between", -2.2)]
+CHAT_PROMPT_IDS = [128000, 128006, 882, 128007, 271, 24433, 128009, 128006, 78191, 128007,
+                   271, 791, 57367, 1990]
 
 
 def _routes(name: str, mock: respx.MockRouter) -> None:
@@ -50,16 +63,16 @@ def _routes(name: str, mock: respx.MockRouter) -> None:
         mock.get(f"{base}/models").respond(200, json=[
             {"id": "meta-llama/Llama-3.2-3B-Instruct-Turbo", "object": "model",
              "type": "chat"}])
-        mock.post(f"{base}/completions").respond(200, json=S.openai_legacy(
+        mock.post(f"{base}/completions").respond(200, json=S.together_echo(S.openai_legacy(
             "meta-llama/Llama-3.2-3B-Instruct-Turbo", "The feud between", PIECES,
-            ids=[1403, 21425], with_top=False))
+            ids=[1403, 21425], with_top=False), PROMPT_BOS, PROMPT_IDS))
     elif name == "fireworks":
         base = "https://api.fireworks.ai/inference/v1"
         mock.get(f"{base}/models").respond(200, json=S.models_list(
             "accounts/fireworks/models/llama-v3p1-8b-instruct", "fireworks"))
-        mock.post(f"{base}/completions").respond(200, json=S.openai_legacy(
+        mock.post(f"{base}/completions").respond(200, json=S.legacy_echo(S.openai_legacy(
             "accounts/fireworks/models/llama-v3p1-8b-instruct", "The feud between", PIECES,
-            ids=[1403, 21425]))
+            ids=[1403, 21425]), PROMPT))
     elif name == "openrouter":
         base = "https://openrouter.ai/api/v1"
         mock.get(f"{base}/models").respond(200, json=S.models_list(
@@ -75,10 +88,12 @@ def _routes(name: str, mock: respx.MockRouter) -> None:
     elif name == "vllm":
         base = "http://127.0.0.1:8000/v1"
         mock.get(f"{base}/models").respond(200, json=S.models_list("my-finetune", "vllm"))
-        mock.post(f"{base}/completions").respond(200, json=S.openai_legacy(
-            "my-finetune", "The feud between", PIECES))
-        mock.post(f"{base}/chat/completions").respond(200, json=S.compatible_chat(
-            "my-finetune", PIECES, content_prefix="The feud between"))
+        mock.post(f"{base}/completions").respond(200, json=S.vllm_prompt_logprobs(
+            S.openai_legacy("my-finetune", "The feud between", PIECES), PROMPT_BOS,
+            PROMPT_IDS))
+        mock.post(f"{base}/chat/completions").respond(200, json=S.vllm_prompt_logprobs(
+            S.compatible_chat("my-finetune", PIECES, content_prefix="The feud between"),
+            CHAT_PROMPT, CHAT_PROMPT_IDS, chat=True))
     elif name == "llama.cpp":
         base = "http://127.0.0.1:8080/v1"
         mock.get(f"{base}/models").respond(200, json=S.models_list("my-finetune", "llamacpp"))

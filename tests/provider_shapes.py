@@ -13,7 +13,16 @@ Sources, by shape:
   agenticloops-ai/agentic-ai-engineering issue #43.
 - Together legacy completions with ``token_ids`` beside ``tokens``/``token_logprobs``:
   togethercomputer/openapi (``LogprobsPart``), logprobs 0-20 and echo in PR #104.
-- Fireworks legacy completions with ``token_ids`` (docs.fireworks.ai, "Create Completion").
+- Together's echo: ``prompt: [{text, logprobs: {tokens, token_logprobs, token_ids}}]`` beside
+  the choices when ``echo: true`` (togethercomputer/openapi, ``CompletionResponse.prompt`` and
+  ``PromptPart``).
+- Fireworks legacy completions with ``token_ids`` (docs.fireworks.ai, "Create Completion"),
+  and its ``echo``: the prompt's tokens first in the choice's text and logprobs (OpenAI's
+  legacy echo; the same page's ``echo_last`` "returns the last N prompt tokens").
+- vLLM's ``prompt_logprobs``: ``[null, {"<id>": {logprob, rank, decoded_token}}, ...]`` per
+  choice on /completions and beside the choices on /chat/completions, with
+  ``prompt_token_ids`` (vllm/entrypoints/openai/protocol.py ``CompletionResponseChoice`` and
+  ``ChatCompletionResponse``; vllm/logprobs.py ``Logprob``).
 - OpenRouter answering ``logprobs: null`` although they were requested:
   OpenRouterArchived/openrouter-runner issues #97 and #101.
 - DeepSeek answering every logprob with 0 or -9999 and empty ``top_logprobs``:
@@ -130,3 +139,49 @@ ANTHROPIC_PREFILL_REFUSED = {
 def models_list(model: str, owned_by: str) -> dict[str, Any]:
     return {"object": "list", "data": [{"id": model, "object": "model", "created": 1735689600,
                                         "owned_by": owned_by}]}
+
+
+def together_echo(answer: dict[str, Any], prompt_pieces: list[tuple[str, float | None]],
+                  ids: list[int]) -> dict[str, Any]:
+    """Together's answer with ``echo: true``: the prompt and its logprobs beside the choices."""
+    answer["prompt"] = [{"text": "".join(t for t, _ in prompt_pieces),
+                         "logprobs": {"tokens": [t for t, _ in prompt_pieces],
+                                      "token_logprobs": [v for _, v in prompt_pieces],
+                                      "token_ids": ids}}]
+    return answer
+
+
+def legacy_echo(answer: dict[str, Any], prompt_pieces: list[tuple[str, float | None]]
+                ) -> dict[str, Any]:
+    """OpenAI's legacy echo (Fireworks): the prompt's tokens lead the choice's text and
+    logprobs, with offsets from 0."""
+    choice = answer["choices"][0]
+    lp = choice["logprobs"]
+    prompt = "".join(t for t, _ in prompt_pieces)
+    offsets, pos = [], 0
+    for t, _ in prompt_pieces:
+        offsets.append(pos)
+        pos += len(t)
+    choice["text"] = prompt + choice["text"]
+    lp["tokens"] = [t for t, _ in prompt_pieces] + lp["tokens"]
+    lp["token_logprobs"] = [v for _, v in prompt_pieces] + lp["token_logprobs"]
+    if "top_logprobs" in lp:
+        lp["top_logprobs"] = [None] + [{t: v} for t, v in prompt_pieces[1:]] + \
+            lp["top_logprobs"]
+    if "text_offset" in lp:
+        lp["text_offset"] = offsets + lp["text_offset"]
+    if "token_ids" in lp:
+        lp["token_ids"] = list(range(900, 900 + len(prompt_pieces))) + lp["token_ids"]
+    return answer
+
+
+def vllm_prompt_logprobs(answer: dict[str, Any], prompt_pieces: list[tuple[str, float | None]],
+                         ids: list[int], chat: bool = False) -> dict[str, Any]:
+    """vLLM's answer with ``prompt_logprobs: 0``: one entry per prompt token, the first null."""
+    entries: list[Any] = [None]
+    for (tok, lp), i in list(zip(prompt_pieces, ids, strict=True))[1:]:
+        entries.append({str(i): {"logprob": lp, "rank": 1, "decoded_token": tok}})
+    where = answer if chat else answer["choices"][0]
+    where["prompt_logprobs"] = entries
+    where["prompt_token_ids"] = ids
+    return answer

@@ -371,15 +371,17 @@ PROBES = {
                   ["NO: the Messages API has none", "assistant prefill               yes"]),
     "anthropic-no-prefill": (["anthropic:claude-opus-4-6", "--framings", "chat",
                               "--reference-only"], 3, ["NO: refused (HTTP 400)"]),
-    "together": (["together:meta-llama/Llama-3.2-3B-Instruct-Turbo"], 0, ["token ids"]),
+    "together": (["together:meta-llama/Llama-3.2-3B-Instruct-Turbo"], 0,
+                 ["token ids", "yes (4 prompt tokens, ends with the text sent)"]),
     "fireworks": (["fireworks:accounts/fireworks/models/llama-v3p1-8b-instruct"], 0,
                   ["top-k log-probabilities (max k) 5", "token ids                       yes"
-                   "       yes"]),
+                   "       yes", "yes (3 prompt tokens, ends with the text sent)"]),
     "openrouter": (["openrouter:meta-llama/llama-3.1-8b-instruct"], 3,
                    ["NO: the answer carried none"]),
     "deepseek": (["deepseek:deepseek-chat"], 3, ["NO: placeholders"]),
     "vllm": (["vllm:my-finetune", "--base-url", "http://127.0.0.1:8000/v1", "--chat-mode",
-              "prefill"], 0, ["probe calls: 3", "yes (continued)"]),
+              "prefill"], 0, ["probe calls: 3", "yes (continued: the server's prompt ends "
+                              "with the prefill)", "yes (4 prompt tokens"]),
     "llama.cpp": (["llama.cpp:my-finetune", "--base-url", "http://127.0.0.1:8080/v1"], 0,
                   ["probe calls: 2"]),
 }
