@@ -254,7 +254,8 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
             target, client, key, planned=cfg.framings, warnings=[], chat_mode=cfg.chat_mode,
             reference_only=cfg.reference_only, top_logprobs=cfg.top_logprobs, sample=sample,
             rows_per_framing=len(todo) // max(len(cfg.framings), 1),
-            max_tokens=cfg.max_tokens, pricing=cfg.pricing, for_audit=True)
+            max_tokens=cfg.max_tokens, pricing=cfg.pricing, for_audit=True,
+            token_ids=cfg.alignment == "ids")
         info.update(flavour=report.target.get("flavour") or target.kind,
                     capabilities=provider.capabilities.to_json(), preflight=report.to_json())
         if report.refusal:

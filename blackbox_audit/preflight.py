@@ -391,7 +391,11 @@ async def _confirm(provider, report: ProbeReport, sample: GenerationRequest,
         k = max((len(t) for t in (c.top_logprobs or [])), default=0)
         report.confirmed["top_logprobs"] = (f"{k} returned for {sample.top_logprobs} asked"
                                             if k else "none returned")
-        report.confirmed["token_ids"] = "yes" if c.token_ids else "no"
+        report.confirmed["token_ids"] = (
+            "yes" if c.token_ids else
+            "not asked (vLLM names tokens by id for --alignment ids)"
+            if getattr(provider, "flavour", "") == "vllm" and not provider.ask_token_ids
+            else "no")
         if not k:
             report.warnings.append("no top log-probabilities came back: the greedy check "
                                    "(chosen token = argmax) cannot run on this endpoint")
@@ -512,8 +516,9 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
                         warnings: list[str], chat_mode: str, reference_only: bool,
                         top_logprobs: int, sample: GenerationRequest | None,
                         rows_per_framing: int, max_tokens: int, pricing: str | None,
-                        for_audit: bool):
-    """Discover, build the adapter, confirm with at most 3 calls, estimate. Returns
+                        for_audit: bool, token_ids: bool = False):
+    """Discover, build the adapter, confirm with at most 3 calls, estimate. ``token_ids``:
+    the run scores token ids, so ask for them where they come only on request. Returns
     (provider, report); ``report.refusal`` is set when the run must not go on (``audit``
     raises it, ``probe`` prints it and exits 3)."""
     from providers.openai_compatible import discover
@@ -535,6 +540,7 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
                                             "no /models list" if not models else "alias")
     provider = make_provider(target, client, api_key, flavour=flavour, chat_mode=chat_mode,
                              reference_only=reference_only)
+    provider.ask_token_ids = token_ids
     caps = provider.capabilities
     report.declared = caps.to_json()
     report.framings = possible_framings(target, caps, chat_mode)

@@ -62,6 +62,8 @@ class Provider(ABC):
         # Ask for the prompt back as the server tokenised it (echo / prompt logprobs), to
         # check that it ends with the prefill (the preflight's probe; --verify-prompts).
         self.echo_prompts = False
+        # Ask for token ids where the endpoint gives them only on request (vLLM).
+        self.ask_token_ids = False
 
     @abstractmethod
     def build(self, req: GenerationRequest) -> WireRequest:

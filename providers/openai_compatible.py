@@ -23,6 +23,9 @@ Hosted services, each a flavour with its documented quirks:
   (deepseek-ai/DeepSeek-V3.2-Exp issue #49): such rows are marked ``sentinel_logprobs`` and the
   probe refuses the run before spending on it.
 - ``llama.cpp``: no usable echo / prompt logprobs (declared ``echo=False``).
+- ``vllm``: ``continue_final_message`` / ``add_generation_prompt: false`` for the server-side
+  prefill, ``prompt_logprobs`` for the echo, ``return_tokens_as_token_ids`` when the run
+  scores token ids (``--alignment ids``).
 """
 
 from __future__ import annotations
@@ -60,7 +63,9 @@ FLAVOUR_CAPABILITIES: dict[str, Capabilities] = {
     "generic": Capabilities(top_logprobs=5),
     "llama.cpp": Capabilities(top_logprobs=20, assistant_prefill=True, token_ids=True),
     "llama-cpp-python": Capabilities(top_logprobs=20),
-    "vllm": Capabilities(top_logprobs=20, assistant_prefill=True, echo=True),
+    # token ids on request (return_tokens_as_token_ids): asked for with --alignment ids only,
+    # since tokens named by id lose their text and offsets (protocol._ids_from_placeholders)
+    "vllm": Capabilities(top_logprobs=20, assistant_prefill=True, echo=True, token_ids=True),
     "together": Capabilities(top_logprobs=20, echo=True, token_ids=True),
     "fireworks": Capabilities(top_logprobs=5, echo=True, token_ids=True),
     "openrouter": Capabilities(top_logprobs=20),
@@ -96,7 +101,7 @@ class OpenAICompatibleProvider(Provider):
                                     "top_logprobs": k, **self._sampling()}
             if self.flavour == "vllm" and _prefilled(req):
                 body.update(continue_final_message=True, add_generation_prompt=False)
-            body.update(self._echo_params(chat=True))
+            body.update(self._echo_params(chat=True), **self._id_params())
             return WireRequest("POST", "/chat/completions", body)
         if not self.capabilities.raw_completion:
             raise EndpointError(
@@ -104,8 +109,16 @@ class OpenAICompatibleProvider(Provider):
                 "raw framing and the client-rendered chat framing are impossible; use "
                 "--framings chat-continue.")
         body = {"model": self.model, "prompt": req.prompt, "max_tokens": req.max_tokens,
-                "logprobs": k, **self._sampling(), **self._echo_params(chat=False)}
+                "logprobs": k, **self._sampling(), **self._echo_params(chat=False),
+                **self._id_params()}
         return WireRequest("POST", "/completions", body)
+
+    def _id_params(self) -> dict[str, Any]:
+        """vLLM names each token ``token_id:N`` when asked (``ask_token_ids``); the other
+        flavours that give ids do so unasked."""
+        if self.ask_token_ids and self.flavour == "vllm":
+            return {"return_tokens_as_token_ids": True}
+        return {}
 
     def _echo_params(self, chat: bool) -> dict[str, Any]:
         """Ask for the prompt back as the server tokenised it (``echo_prompts``), in each

@@ -212,3 +212,43 @@ def test_verify_prompts_is_refused_before_generation_where_no_echo_is_offered(tm
     err = " ".join(err.split())
     assert code == 3 and "--verify-prompts needs the endpoint to echo" in err
     assert "Traceback" not in err and route.call_count == 1   # the probe's call only
+
+
+# -- vLLM token ids on request ----------------------------------------------------------------
+def _vllm_ids_answer(request):
+    """vLLM naming tokens ``token_id:N`` when asked (return_tokens_as_token_ids), by their
+    strings otherwise."""
+    import httpx
+
+    body = json.loads(request.content)
+    ids = [1403, 21425, 300, 301, 302, 303][:body["max_tokens"]]
+    by_id = bool(body.get("return_tokens_as_token_ids"))
+    pieces = [(f"token_id:{i}" if by_id else f" w{i}", -0.3) for i in ids]
+    out = S.openai_legacy(body["model"], body["prompt"], pieces)
+    out["choices"][0]["text"] = "".join(f" w{i}" for i in ids)
+    out["choices"][0]["logprobs"]["text_offset"] = None
+    return httpx.Response(200, json=out)
+
+
+def test_vllm_is_asked_for_token_ids_only_when_the_run_scores_ids(tmp_path):
+    for alignment, asked in (("ids", True), ("auto", False)):
+        run = tmp_path / alignment
+        with respx.mock:
+            respx.get(f"{BASE}/models").respond(200, json=S.models_list("m", "vllm"))
+            route = respx.post(f"{BASE}/completions").mock(side_effect=_vllm_ids_answer)
+            code, out, err = cli("audit", "vllm:m", "--base-url", BASE, "--out", str(run),
+                                 "--framings", "raw", "--corpora", "prose", "--per-corpus",
+                                 "2", "--max-tokens", "6", "--generate-only", "--alignment",
+                                 alignment)
+        assert code == 0, err
+        bodies = [json.loads(c.request.content) for c in route.calls]
+        assert len(bodies) == 3   # the probe's call and two rows
+        assert all(bool(b.get("return_tokens_as_token_ids")) is asked for b in bodies)
+        rows = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
+        for r in rows:
+            assert (r["token_ids"] == [1403, 21425, 300, 301, 302, 303]) is asked
+            assert r["degraded"] == []
+        confirmed = json.loads((run / "manifest.json").read_text())["endpoint"]["preflight"][
+            "confirmed"]["token_ids"]
+        assert confirmed == ("yes" if asked else
+                             "not asked (vLLM names tokens by id for --alignment ids)")
