@@ -11,6 +11,12 @@ rate is in_flight / latency (64 / 0.25 s = 256/s); the client is measured agains
 
     ratio=<achieved / ideal>  cpu_ms_per_request=<client process CPU time / requests>
 
+A baseline runs first in the same command against the same server: bare httpx (one
+``AsyncClient``, a pool of ``--in-flight`` connections, ``client.post(json=...)`` and
+``response.json()``, nothing else), measured the same way. Its figures are printed beside
+ours, with our CPU as a multiple of it, so a busy machine shows in both rather than only in
+ours (``--no-baseline`` skips it).
+
 achieved = rows / (last row - first row + latency), and the CPU per request is measured over
 the same span, so the fixed costs of a run (GET /models, the preflight's probe and tokenizer
 load) are left out of both; the CPU figure with them is printed alongside. Targets:
@@ -110,6 +116,39 @@ async def _serve(latency: float) -> None:
         await server.serve_forever()
 
 
+# -- the baseline: bare httpx (this process) -----------------------------------------------
+def run_baseline(port: int, n: int, in_flight: int, latency: float) -> dict:
+    """The same requests through bare httpx: the floor our client is measured against."""
+    import httpx
+
+    async def go() -> tuple[list[float], list[float], float, float]:
+        arrivals: list[float] = []
+        cpu_at: list[float] = []
+        limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/v1",
+                                     limits=limits) as client:
+            it = iter(range(n))
+
+            async def worker() -> None:
+                for i in it:
+                    r = await client.post("/completions", json={
+                        "model": "bench-model", "prompt": f"Document {i} begins",
+                        "max_tokens": N_TOKENS, "logprobs": 5, "temperature": 0.0})
+                    r.json()
+                    arrivals.append(time.perf_counter())
+                    cpu_at.append(time.process_time())
+
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(in_flight)))
+            return arrivals, cpu_at, time.process_time() - cpu0, time.perf_counter() - t0
+
+    arrivals, cpu_at, cpu, wall = asyncio.run(go())
+    span = arrivals[-1] - arrivals[0] + latency
+    return {"rows": len(arrivals), "achieved": n / span, "ideal": in_flight / latency,
+            "cpu_ms": 1000 * cpu / n, "wall": wall,
+            "steady_cpu_ms": 1000 * (cpu_at[-1] - cpu_at[0]) / max(1, n - 1)}
+
+
 # -- the client (this process) -------------------------------------------------------------
 def run_client(port: int, n: int, in_flight: int, latency: float, profile: bool) -> dict:
     from blackbox_audit.audit import AuditConfig, generate
@@ -166,6 +205,7 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=64)
     ap.add_argument("--latency", type=float, default=0.25)
     ap.add_argument("--profile", action="store_true", help="cProfile the client")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the bare httpx baseline")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -175,6 +215,8 @@ def main() -> int:
                                str(args.latency)], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())  # type: ignore[union-attr]
+        base = None if args.no_baseline else run_baseline(port, args.requests, args.in_flight,
+                                                          args.latency)
         r = run_client(port, args.requests, args.in_flight, args.latency, args.profile)
     finally:
         server.terminate()
@@ -187,6 +229,11 @@ def main() -> int:
     print(f"ratio={ratio:.3f} cpu_ms_per_request={r['steady_cpu_ms']:.3f} "
           f"(steady state, first row to last; {r['cpu_ms']:.3f} with the run's fixed costs: "
           f"preflight, tokenizer load, GET /models)")
+    if base is not None:
+        print(f"baseline (bare httpx, same server, same command): "
+              f"ratio={base['achieved'] / base['ideal']:.3f} "
+              f"cpu_ms_per_request={base['steady_cpu_ms']:.3f} "
+              f"ours/baseline cpu={r['steady_cpu_ms'] / base['steady_cpu_ms']:.2f}x")
     if args.profile:
         import pstats
 

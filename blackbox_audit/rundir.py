@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from . import fastjson
 from .errors import ConfigError
 from .records import Completion, Score
 from .redact import Redactor
@@ -37,11 +38,15 @@ class JsonlAppender:
         self._fh = None
 
     def append(self, obj: dict[str, Any]) -> None:
+        self.append_line(json.dumps(obj, ensure_ascii=False))
+
+    def append_line(self, text: str) -> None:
+        """Append one line of JSON text (redacted here)."""
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             _heal_torn_tail(self.path)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-        self._fh.write(self.redactor.dumps(obj) + "\n")
+        self._fh.write(self.redactor.text(text) + "\n")
         self._fh.flush()  # the kernel has it: a killed process loses nothing
         SYNC.mark(self._fh)  # fsync'd on a background thread, batched (transport.py)
 
@@ -60,7 +65,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            yield fastjson.loads(line)
         except ValueError as e:
             if n >= len(lines) - 1:
                 continue
@@ -117,7 +122,9 @@ class RunDir:
 
     # completions --------------------------------------------------------------------------
     def append_completion(self, c: Completion) -> None:
-        self._completions.append(c.to_json())
+        # Compact JSON through msgspec (fastjson): the stdlib's encode of a 100-token row
+        # with top logprobs was a tenth of the client's CPU per answer (bench/client.py).
+        self._completions.append_line(fastjson.dumps(c.to_json()))
 
     def load_completions(self) -> dict[str, Completion]:
         """Latest row per (prefill, framing): a failed row is superseded by a later answer."""

@@ -43,6 +43,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from . import fastjson
 from .errors import FixtureError
 from .redact import Redactor
 
@@ -55,7 +56,7 @@ def canonical_body(content: bytes) -> Any:
     if not content:
         return None
     try:
-        return json.loads(content)
+        return fastjson.loads(content)
     except ValueError:
         return content.decode("utf-8", errors="replace")
 
@@ -189,7 +190,7 @@ class FixtureStore:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = fastjson.loads(line)
                 key = request_key(rec["method"], rec["path"], rec["body"])
                 rec["status"], rec["response"]  # noqa: B018 - presence check
             except (ValueError, KeyError, TypeError) as e:
@@ -216,7 +217,7 @@ class FixtureStore:
                 if self._reader is None:
                     self._reader = open(self.path, "rb")  # noqa: SIM115 - closed in close()
                 self._reader.seek(rec)
-                rec = json.loads(self._reader.readline())
+                rec = fastjson.loads(self._reader.readline())
         return rec
 
     def keys(self) -> list[str]:
@@ -419,7 +420,7 @@ def _payload(response: httpx.Response, content: bytes) -> tuple[Any, str]:
     if not content and "json" in ctype:
         return _BROKEN, ctype
     try:
-        return json.loads(content), "application/json"
+        return fastjson.loads(content), "application/json"
     except ValueError:
         if "json" in ctype:
             return _BROKEN, ctype
@@ -629,7 +630,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
             raise RetryableStatus(response)
         if 200 <= status < 300 and status != 204 and _is_json(response):
             try:
-                response.extensions[JSON_EXTENSION] = json.loads(body)  # b"" fails too
+                response.extensions[JSON_EXTENSION] = fastjson.loads(body)  # b"" fails too
             except ValueError:
                 self.stats.by_status["TruncatedBody"] += 1
                 raise TruncatedBody(f"HTTP {status} body is not complete JSON ({len(body)} "
