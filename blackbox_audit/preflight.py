@@ -420,22 +420,22 @@ async def _confirm(provider, report: ProbeReport, sample: GenerationRequest,
 
 
 def _echo_verdict(report: ProbeReport, c) -> None:
-    """Did the prompt come back, with real log-probabilities, ending with what was sent?"""
+    """Did the prompt come back, with real log-probabilities, holding the prefill intact?"""
     e = c.prompt_echo or {}
     n = e.get("tokens", 0)
     if not n:
         report.confirmed["echo"] = "NO: asked for, none came back"
     elif e.get("logprobs") != "real":
         report.confirmed["echo"] = f"NO: {n} prompt tokens, log-probabilities {e.get('logprobs')}"
-    elif e.get("ends_with_prefill") is False:
-        report.confirmed["echo"] = f"yes ({n} prompt tokens), NOT ending with the prefill"
+    elif e.get("prefill_intact") is False:
+        report.confirmed["echo"] = f"yes ({n} prompt tokens), the prefill NOT intact"
         report.warnings.append(
-            f"the prompt the server echoed back ends with {e.get('tail', '')!r}, not with the "
-            "text sent: the server changes prompts (a template, normalised text); compare "
-            "--verify-prompts rows before trusting a ranking")
+            f"the prompt the server echoed back ends with {e.get('tail', '')!r}: the prefill "
+            "did not arrive as sent (a template added, text normalised); audit "
+            "--verify-prompts marks every such row")
     else:
-        report.confirmed["echo"] = (f"yes ({n} prompt tokens, ends with the text sent)"
-                                    if e.get("ends_with_prefill") else
+        report.confirmed["echo"] = (f"yes ({n} prompt tokens, the prefill intact)"
+                                    if e.get("prefill_intact") else
                                     f"yes ({n} prompt tokens)")
 
 
@@ -444,7 +444,7 @@ def _prefill_verdict(report: ProbeReport, c, base: str) -> None:
     echo of its prompt, when asked for, settles it: a continued turn ends with the prefill, a
     closed one with the template's end-of-turn and a new assistant header."""
     echo = c.prompt_echo or {}
-    if echo.get("ends_with_prefill") is False:
+    if echo.get("prefill_intact") is False:
         report.confirmed["assistant_prefill"] = "NO: the server closed the assistant turn"
         report.refusal = report.refusal or (
             f"The endpoint {base} did not continue the assistant prefill: the prompt it "
@@ -458,7 +458,7 @@ def _prefill_verdict(report: ProbeReport, c, base: str) -> None:
             f"The endpoint {base} ignored the assistant prefill and started a new turn. Use "
             "--chat-mode template (client-side chat template on /completions) or --framings "
             "chat-continue.")
-    elif echo.get("ends_with_prefill"):
+    elif echo.get("prefill_intact"):
         report.confirmed["assistant_prefill"] = ("yes (continued: the server's prompt ends "
                                                  "with the prefill)")
     else:

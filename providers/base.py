@@ -180,18 +180,21 @@ def completion_from_columns(req: GenerationRequest, *, text: str, cols: TokenCol
     return c
 
 
-def attach_echo(c: Completion, echo: PromptEcho | None, prefill: str) -> None:
+def attach_echo(c: Completion, echo: PromptEcho | None, prefill: str,
+                in_user_turn: bool = False) -> None:
     """Record what the server's echo of the prompt shows, and mark the row when the prompt
-    the model saw does not end with the prefill (a server that closed the assistant turn,
-    added a template around the text, or dropped characters).
+    the model saw does not carry the prefill intact: for the raw and chat framings it must
+    end with the prefill (a server that closed the assistant turn, wrapped the text in a
+    template or dropped characters fails); for ``chat-continue`` (``in_user_turn``: the
+    prefill inside the user's message, a new assistant turn after it) it must hold it.
 
     ``prompt_echo`` on the row: ``tokens`` (the server's prompt length), ``logprobs``
     (``real``, ``none``, ``missing`` for gaps after the first token, or ``placeholder``),
-    ``ends_with_prefill`` (None when the echo cannot tell: split characters shown as U+FFFD),
-    and ``tail``, the end of the server's prompt, when it does not.
+    ``prefill_intact`` (None when the echo cannot tell: split characters shown as U+FFFD),
+    and ``tail``, the end of the server's prompt, when it is not.
     """
     if echo is None:
-        c.prompt_echo = {"tokens": 0, "logprobs": "none", "ends_with_prefill": None}
+        c.prompt_echo = {"tokens": 0, "logprobs": "none", "prefill_intact": None}
         return
     rest = echo.logprobs[1:]
     vals = [x for x in rest if x is not None]
@@ -204,14 +207,15 @@ def attach_echo(c: Completion, echo: PromptEcho | None, prefill: str) -> None:
     else:
         quality = "real"
     seen = echo.text
-    if seen.endswith(prefill) or (echo.first_unknown and seen and prefill.endswith(seen)):
-        ends: bool | None = True
-    elif "\ufffd" in seen or not seen:
-        ends = None
+    if in_user_turn:
+        intact: bool | None = prefill in seen
     else:
-        ends = False
+        intact = seen.endswith(prefill) or (echo.first_unknown and bool(seen)
+                                            and prefill.endswith(seen))
+    if not intact and ("\ufffd" in seen or not seen):
+        intact = None
     c.prompt_echo = {"tokens": len(echo.tokens), "logprobs": quality,
-                     "ends_with_prefill": ends}
-    if ends is False:
+                     "prefill_intact": intact}
+    if intact is False:
         c.prompt_echo["tail"] = seen[-60:]
         c.degraded.append("prefill_altered")

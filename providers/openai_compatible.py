@@ -155,7 +155,8 @@ class OpenAICompatibleProvider(Provider):
         if dropped:
             c.degraded.append("prefill_dropped")
         if self.echo_prompts:
-            attach_echo(c, echo or prompt_echo(payload, choice), req.prefill.text)
+            attach_echo(c, echo or prompt_echo(payload, choice), req.prefill.text,
+                        in_user_turn=req.framing == "chat-continue")
         return c
 
 

@@ -372,10 +372,10 @@ PROBES = {
     "anthropic-no-prefill": (["anthropic:claude-opus-4-6", "--framings", "chat",
                               "--reference-only"], 3, ["NO: refused (HTTP 400)"]),
     "together": (["together:meta-llama/Llama-3.2-3B-Instruct-Turbo"], 0,
-                 ["token ids", "yes (4 prompt tokens, ends with the text sent)"]),
+                 ["token ids", "yes (4 prompt tokens, the prefill intact)"]),
     "fireworks": (["fireworks:accounts/fireworks/models/llama-v3p1-8b-instruct"], 0,
                   ["top-k log-probabilities (max k) 5", "token ids                       yes"
-                   "       yes", "yes (3 prompt tokens, ends with the text sent)"]),
+                   "       yes", "yes (3 prompt tokens, the prefill intact)"]),
     "openrouter": (["openrouter:meta-llama/llama-3.1-8b-instruct"], 3,
                    ["NO: the answer carried none"]),
     "deepseek": (["deepseek:deepseek-chat"], 3, ["NO: placeholders"]),

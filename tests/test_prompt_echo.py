@@ -57,10 +57,10 @@ def test_vllm_prompt_logprobs_become_an_echo_with_ids_and_an_unknown_first_token
     assert echo.logprobs == [None, -7.9, -9.12, -2.31] and echo.ids == IDS_BOS
     c = parsed("vllm", answer)
     assert c.text == " two rival" and c.tokens == [" two", " rival"] and not c.degraded
-    assert c.prompt_echo == {"tokens": 4, "logprobs": "real", "ends_with_prefill": True}
+    assert c.prompt_echo == {"tokens": 4, "logprobs": "real", "prefill_intact": True}
     # no BOS: the first prompt token's text is unknown, the rest must end the prefill
     answer = S.vllm_prompt_logprobs(S.openai_legacy("m", P.text, PIECES), PROMPT, IDS_BOS[1:])
-    assert parsed("vllm", answer).prompt_echo["ends_with_prefill"] is True
+    assert parsed("vllm", answer).prompt_echo["prefill_intact"] is True
 
 
 def test_vllm_prompt_token_is_picked_by_id_when_top_entries_come_with_it():
@@ -77,7 +77,7 @@ def test_together_echo_beside_the_choices():
                                              with_top=False), PROMPT_BOS, IDS_BOS)
     c = parsed("together", answer)
     assert c.text == " two rival" and c.token_ids == [1403, 21425]
-    assert c.prompt_echo == {"tokens": 4, "logprobs": "real", "ends_with_prefill": True}
+    assert c.prompt_echo == {"tokens": 4, "logprobs": "real", "prefill_intact": True}
 
 
 def test_legacy_echo_is_split_off_the_continuation():
@@ -115,10 +115,10 @@ def test_echo_verdicts_placeholders_gaps_and_an_altered_prompt():
     assert verdict([("The", None), (" feud", None), (" between", -2.0)]
                    ).prompt_echo["logprobs"] == "missing"
     c = verdict([("The", None), (" feud", -9.0), (" between", -2.0), ("<|im_end|>", -1.0)])
-    assert c.prompt_echo["ends_with_prefill"] is False and "prefill_altered" in c.degraded
+    assert c.prompt_echo["prefill_intact"] is False and "prefill_altered" in c.degraded
     assert c.prompt_echo["tail"].endswith("between<|im_end|>")
     c = verdict([("The", None), (" feud", -9.0), (" betwe\ufffd", -2.0)])  # split character
-    assert c.prompt_echo["ends_with_prefill"] is None and not c.degraded
+    assert c.prompt_echo["prefill_intact"] is None and not c.degraded
 
 
 # -- the probe ----------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_verify_prompts_marks_rows_whose_prompt_was_altered(tmp_path):
     for r in bad:
         assert r["degraded"] == ["prefill_altered"] and r["prompt_echo"]["tail"].endswith("\n")
     for r in good:
-        assert r["degraded"] == [] and r["prompt_echo"]["ends_with_prefill"] is True
+        assert r["degraded"] == [] and r["prompt_echo"]["prefill_intact"] is True
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["endpoint"]["preflight"]["confirmed"]["echo"].startswith("yes")
 
@@ -252,3 +252,18 @@ def test_vllm_is_asked_for_token_ids_only_when_the_run_scores_ids(tmp_path):
             "confirmed"]["token_ids"]
         assert confirmed == ("yes" if asked else
                              "not asked (vLLM names tokens by id for --alignment ids)")
+
+
+def test_chat_continue_needs_the_prefill_inside_the_prompt_not_at_its_end():
+    from blackbox_audit.framing import continue_messages
+    from providers.protocol import PromptEcho
+
+    req = GenerationRequest(P, "chat-continue", 2, 5, messages=continue_messages(P.text))
+    rendered = ["<|im_start|>", "user\n", "Continue the following text:\n\n", "The feud",
+                " between", "<|im_end|>\n", "<|im_start|>", "assistant\n"]
+    c = parsed("vllm", S.compatible_chat("m", PIECES), req)
+    attach_echo(c, PromptEcho(rendered, [None] + [-1.0] * 7), P.text, in_user_turn=True)
+    assert c.prompt_echo["prefill_intact"] is True and not c.degraded
+    cut = rendered[:3] + ["The", "<|im_end|>\n", "<|im_start|>", "assistant\n"]
+    attach_echo(c, PromptEcho(cut, [None] + [-1.0] * 6), P.text, in_user_turn=True)
+    assert c.prompt_echo["prefill_intact"] is False and c.degraded == ["prefill_altered"]
