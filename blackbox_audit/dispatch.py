@@ -168,8 +168,11 @@ async def _run_workers(it: Iterator[T], n: int, call: Callable[[T], Awaitable[R]
                        done: Callable[[T, R], None], limiter: AdaptiveLimiter) -> None:
     async def worker() -> None:
         for item in it:  # one event loop: next() on the shared iterator is never concurrent
-            async with limiter.slot():
+            await limiter.acquire()  # limiter.slot() spelled out: no context manager per item
+            try:
                 result = await call(item)
+            finally:
+                limiter.release()
             done(item, result)
 
     tasks = [asyncio.create_task(worker()) for _ in range(min(limiter.cap, n))]

@@ -134,3 +134,36 @@ def test_merged_urls_follow_a_new_base_url():
     run(client.post("/completions", json={}))
     run(client.get("http://c/abs"))
     assert seen == ["http://a/v1/completions"] * 2 + ["http://b/v2/completions", "http://c/abs"]
+
+
+def test_background_sync_groups_fsyncs_within_its_window(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from blackbox_audit import transport
+
+    synced: list[float] = []
+    real = os.fsync
+
+    def counting(fd):
+        synced.append(time.monotonic())
+        real(fd)
+
+    monkeypatch.setattr(transport.os, "fsync", counting)
+    sync = transport.BackgroundSync(window=0.1)
+    with open(tmp_path / "f.jsonl", "ab") as fh:
+        t0 = time.monotonic()
+        for i in range(40):           # ~40 lines over ~0.2 s
+            fh.write(b'{"i": %d}\n' % i)
+            fh.flush()
+            last = time.monotonic()
+            sync.mark(fh)
+            time.sleep(0.005)
+        while not synced or synced[-1] < last:   # an fsync begun after the last mark
+            assert time.monotonic() - last < 2.0, "the last lines were never synced"
+            time.sleep(0.01)
+        # one fsync per 0.1 s window (~0.2 s of lines), not one per line
+        assert 2 <= len(synced) <= (last - t0) / 0.1 + 2 < 20
+        assert all(b - a >= 0.09 for a, b in zip(synced, synced[1:], strict=False))
+        assert synced[0] - t0 < 0.08   # the first line is synced at once
+        sync.close(fh)
