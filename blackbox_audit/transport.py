@@ -795,6 +795,13 @@ def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None
                        timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
 
 
+class _Cookies(httpx.Cookies):
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:  # what the jar reads
+            super().extract_cookies(response)
+
+
 class AuditClient(httpx.AsyncClient):
     """httpx's client, lighter per request where that changes nothing a caller sees.
 
@@ -804,9 +811,23 @@ class AuditClient(httpx.AsyncClient):
       the caller drops them instead of waiting for the cyclic collector (whose passes over
       every answer in flight were ~7% of the client's CPU, bench/client.py).
     - The URL of a relative path is merged with the base URL once per path, not per request.
+    - Cookies are taken from an answer only when it sets some (httpx hands every answer to
+      the standard library's cookie jar, ~12 µs each, to find no Set-Cookie header).
     """
 
     _merged: dict[str, tuple[httpx.URL, httpx.URL]]
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._cookies = _Cookies(self._cookies)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        self._cookies = _Cookies(cookies)
 
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
         if not isinstance(url, str):

@@ -167,3 +167,21 @@ def test_background_sync_groups_fsyncs_within_its_window(tmp_path, monkeypatch):
         assert all(b - a >= 0.09 for a, b in zip(synced, synced[1:], strict=False))
         assert synced[0] - t0 < 0.08   # the first line is synced at once
         sync.close(fh)
+
+
+def test_cookies_an_answer_sets_are_sent_back():
+    sent = []
+
+    def handler(request):
+        sent.append(request.headers.get("cookie"))
+        if len(sent) == 1:
+            return httpx.Response(200, json={}, headers={"Set-Cookie": "lb=shard7; Path=/"})
+        return httpx.Response(200, json={})
+
+    client = build_client("http://h/v1", network=httpx.MockTransport(handler))
+    for _ in range(3):
+        run(client.post("/completions", json={}))
+    assert sent == [None, "lb=shard7", "lb=shard7"]
+    client.cookies = {"a": "1"}
+    run(client.post("/completions", json={}))
+    assert sent[-1] == "a=1"
