@@ -107,7 +107,8 @@ class ProbeReport:
         for key, name in CAPABILITY_NAMES.items():
             val = self.declared.get(key)
             shown = ("yes" if val else "no") if isinstance(val, bool) else str(val)
-            lines.append(f"  {name:32s}{shown:10s}{self.confirmed.get(key, 'not probed')}")
+            unasked = "-" if val in (False, 0) else "not probed"  # declared absent: not asked
+            lines.append(f"  {name:32s}{shown:10s}{self.confirmed.get(key, unasked)}")
         lines.append(f"probe calls: {self.calls} (at most 3)")
         lines.append("")
         lines.append("framings:")
