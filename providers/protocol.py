@@ -85,8 +85,8 @@ def _ids_from_placeholders(cols: TokenColumns) -> TokenColumns:
     then the only truth: some ``bytes`` it sends are those of the placeholder string (a token
     missing from its top dict), and its ``text_offset`` counts placeholder lengths (a known
     vLLM bug), so both are dropped and the reference's vocabulary decides (align.py)."""
-    if not cols.tokens:
-        return cols
+    if not cols.tokens or not ID_PLACEHOLDER.fullmatch(cols.tokens[0]):
+        return cols  # the first token decides nearly always: no regex per token
     matches = [ID_PLACEHOLDER.fullmatch(t) for t in cols.tokens]
     if not all(matches):
         return cols

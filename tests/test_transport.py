@@ -157,6 +157,15 @@ def test_credentials_never_reach_the_fixture(tmp_path):
     assert "<redacted>" in path.read_text()
 
 
+def test_key_shapes_are_redacted_even_when_the_run_was_not_told_them():
+    r = Redactor()
+    for key in ("sk-proj-AbCdEf0123456789xyz", "sk-ant-api03-AbCdEf012345", "hf_" + "a1" * 12,
+                "Bearer abcdefghijkl.mnop"):
+        assert r.text(f"a log line with {key} in it") == "a log line with <redacted> in it"
+    plain = '{"tokens": [" the", " sky"], "note": "ask- her; bearer of news"}'
+    assert r.text(plain) == plain   # no key shape: unchanged (and the regex is skipped)
+
+
 def test_request_key_ignores_host_and_orders_keys():
     assert request_key("post", "/x", {"b": 1, "a": 2}) == request_key("POST", "/x",
                                                                       {"a": 2, "b": 1})
