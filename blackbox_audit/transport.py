@@ -819,7 +819,10 @@ class AuditClient(httpx.AsyncClient):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self._cookies = _Cookies(self._cookies)
+        # httpx keeps its jar in ``_cookies`` (0.27-0.28); should that change, the client
+        # stays plain httpx rather than breaking (the cookie shortcut is only a saving).
+        if isinstance(getattr(self, "_cookies", None), httpx.Cookies):
+            self._cookies = _Cookies(self._cookies)
 
     @property
     def cookies(self) -> httpx.Cookies:
