@@ -27,7 +27,7 @@ REASONS = {
     "text_mismatch": "the tokens do not rebuild the returned text",
     "not_greedy": "a chosen token is not the argmax of its top log-probabilities",
     "prefill_dropped": "the server ignored the prefill and started its own text",
-    "prefill_altered": "the prompt the server echoed back does not end with the prefill",
+    "prefill_altered": "the prompt the server echoed back does not carry the prefill intact",
     "context_mismatch": "the reference could not rebuild the context the target saw",
 }
 
