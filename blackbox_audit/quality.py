@@ -68,16 +68,21 @@ def assess(c: Completion) -> list[str]:
     has_none = None in lps
     if len(lps) != len(c.tokens) or has_none:
         reasons.append("logprob_count")
-    vals = [x for x in lps if x is not None] if has_none else lps
-    # map over operator functions: the same comparisons as a generator, at C speed
-    if any(map(le, vals, repeat(SENTINEL))) or any(map(gt, vals, repeat(1e-6))) or (
-            len(vals) > 1 and vals.count(0.0) == len(vals)):
+    if placeholders([x for x in lps if x is not None] if has_none else lps):
         reasons.append("sentinel_logprobs")
     if not c.ids_only and not rebuilds(c):  # ids alone: checked by alignment (align.py)
         reasons.append("text_mismatch")
     if c.top_logprobs and _not_greedy(lps, c.top_logprobs):
         reasons.append("not_greedy")
     return reasons
+
+
+def placeholders(vals: list[float]) -> bool:
+    """Are these log-probabilities stand-ins rather than values: -9999, positive, or all zero?
+    (Shared by the completion check above and the prompt echo's, providers/base.py.)"""
+    # map over operator functions: the same comparisons as a generator, at C speed
+    return any(map(le, vals, repeat(SENTINEL))) or any(map(gt, vals, repeat(1e-6))) or (
+        len(vals) > 1 and vals.count(0.0) == len(vals))
 
 
 def _not_greedy(lps: list[float | None], tops: list[list[list]]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from blackbox_audit.errors import EndpointError
-from blackbox_audit.quality import assess
+from blackbox_audit.quality import assess, placeholders
 from blackbox_audit.records import Completion, GenerationRequest
 from blackbox_audit.transport import JSON_EXTENSION
 
@@ -200,7 +200,7 @@ def attach_echo(c: Completion, echo: PromptEcho | None, prefill: str,
     vals = [x for x in rest if x is not None]
     if not vals:
         quality = "none"
-    elif any(x <= -9999.0 or x > 1e-6 for x in vals) or (len(vals) > 1 and not any(vals)):
+    elif placeholders(vals):
         quality = "placeholder"
     elif len(vals) < len(rest):
         quality = "missing"
