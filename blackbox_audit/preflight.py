@@ -395,8 +395,7 @@ async def _confirm(provider, report: ProbeReport, sample: GenerationRequest,
         report.confirmed["token_ids"] = (
             "yes" if c.token_ids else
             "not asked (vLLM names tokens by id for --alignment ids)"
-            if getattr(provider, "flavour", "") == "vllm" and not provider.ask_token_ids
-            else "no")
+            if provider.ids_on_request and not provider.ask_token_ids else "no")
         if not k:
             report.warnings.append("no top log-probabilities came back: the greedy check "
                                    "(chosen token = argmax) cannot run on this endpoint")

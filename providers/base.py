@@ -62,8 +62,13 @@ class Provider(ABC):
         # Ask for the prompt back as the server tokenised it (echo / prompt logprobs), to
         # check that it ends with the prefill (the preflight's probe; --verify-prompts).
         self.echo_prompts = False
-        # Ask for token ids where the endpoint gives them only on request (vLLM).
+        # Ask for token ids where the endpoint gives them only on request (ids_on_request).
         self.ask_token_ids = False
+
+    @property
+    def ids_on_request(self) -> bool:
+        """Does this endpoint name tokens by id only when asked (``ask_token_ids``)?"""
+        return False
 
     @abstractmethod
     def build(self, req: GenerationRequest) -> WireRequest:

@@ -113,10 +113,14 @@ class OpenAICompatibleProvider(Provider):
                 **self._id_params()}
         return WireRequest("POST", "/completions", body)
 
+    @property
+    def ids_on_request(self) -> bool:
+        """vLLM names each token ``token_id:N`` when asked; the other flavours that give ids
+        do so unasked."""
+        return self.flavour == "vllm"
+
     def _id_params(self) -> dict[str, Any]:
-        """vLLM names each token ``token_id:N`` when asked (``ask_token_ids``); the other
-        flavours that give ids do so unasked."""
-        if self.ask_token_ids and self.flavour == "vllm":
+        if self.ask_token_ids and self.ids_on_request:
             return {"return_tokens_as_token_ids": True}
         return {}
 
