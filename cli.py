@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--verify-prompts", action="store_true",
                    help="ask the endpoint to echo every prompt as it tokenised it (vLLM "
                         "prompt_logprobs, Together / Fireworks echo) and mark rows whose prompt "
-                        "does not end with the prefill (prefill_altered)")
+                        "does not carry the prefill intact (prefill_altered)")
     g = a.add_argument_group("prefills and framing")
     g.add_argument("--prefills", default="builtin",
                    help="builtin (default), file:PATH (.txt one document per line, or .jsonl "
