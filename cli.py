@@ -331,17 +331,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from blackbox_audit.errors import AuditError
+    from blackbox_audit.redact import ScrubbedStream, scrub
 
+    # Whatever reaches the terminal (or a CI log) passes the redactor: a key the run holds
+    # never appears there, whichever message carries it.
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbedStream(out), ScrubbedStream(err)
     try:
         return _dispatch(args)
     except AuditError as e:
-        print(textwrap.fill(f"blackbox-audit: {e.message}", width=100, break_long_words=False,
-                            break_on_hyphens=False), file=sys.stderr)
+        print(textwrap.fill(f"blackbox-audit: {scrub(e.message)}", width=100,
+                            break_long_words=False, break_on_hyphens=False), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("\nblackbox-audit: interrupted. Every answer received so far is on disk; rerun "
               "the same command to resume.", file=sys.stderr)
         return 130
+    except Exception:  # a bug of ours: say so, with the traceback, secrets cut out
+        import traceback
+
+        print(scrub("blackbox-audit: unexpected error (a bug in blackbox-audit; please report "
+                    "it with what follows). Everything written so far is kept; rerun the same "
+                    "command to resume.\n" + traceback.format_exc()), file=sys.stderr)
+        return 1
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ alone: ``score_run`` with another reference never pays for generation again.
 from __future__ import annotations
 
 import asyncio
-import os
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 from . import __version__
 from .accounting import Pricer, run_totals, session_requests
 from .align import AlignmentError, TokenizerView, align, choose_alignment
+from .credentials import read_key, request_headers
 from .dispatch import AdaptiveLimiter, run_all
 from .errors import AuditError, ConfigError, DegradedShareExceeded, EndpointError
 from .framing import (
@@ -37,7 +37,7 @@ from .framing import (
 from .noise import combine, given_floor, self_floor
 from .prefills import documents, make_cutter, select_prefills
 from .progress import Progress, count_progress
-from .quality import REASONS, count_reasons
+from .quality import REASONS, count_reasons, withhold_secrets
 from .rank import COLUMNS, RankConfig, rank
 from .records import Completion, GenerationRequest, Prefill
 from .redact import Redactor
@@ -141,10 +141,9 @@ class AuditConfig:
         t = parse_target(self.target, base_url=self.base_url, model=self.model or None,
                          api_key_env=self.api_key_env, flavour=self.flavour)
         self.model = t.model
-        if self.target:
-            self.base_url = t.base_url
-            if self.record_mode != "replay":
-                self.api_key_env = t.api_key_env
+        self.base_url = t.base_url  # credentials, if the URL held any, are in t alone
+        if self.target and self.record_mode != "replay":
+            self.api_key_env = t.api_key_env
         self.framings, warnings, self.chat_mode = static_plan(t, self.framings, self.chat_mode,
                                                               self.reference_only)
         return t, warnings
@@ -214,14 +213,13 @@ def build_requests(cfg: AuditConfig, tokenizer, template: ChatTemplate | None
 
 # -- stage 2: generation -------------------------------------------------------------------
 async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
-                   redactor: Redactor, stats: TransportStats) -> dict[str, Any]:
-    """Send every request in ``todo``; append each answer (or failure) as it arrives."""
+                   redactor: Redactor, stats: TransportStats, target=None) -> dict[str, Any]:
+    """Send every request in ``todo``; append each answer (or failure) as it arrives.
+    ``target`` is the resolved target (``cfg.resolve_target``), parsed here when not given."""
     from providers.base import RequestFailed
+    from providers.registry import parse_target
 
-    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    if cfg.api_key_env and not key:
-        raise ConfigError(f"The environment variable {cfg.api_key_env} (named by --api-key-env) "
-                          "is empty or not set; export the API key there.")
+    key = read_key(cfg.api_key_env, required=True, why=" (named by --api-key-env)")
     redactor.add(key)
     store = None
     if cfg.record_mode != "off":
@@ -230,14 +228,13 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
         if cfg.record_mode == "replay" and not cfg.fixtures_path.exists():
             raise ConfigError(f"--replay needs recorded fixtures, and {cfg.fixtures_path} does "
                               "not exist. Pass --fixtures PATH.")
-    from providers.registry import parse_target
-
     from .preflight import run_preflight
 
-    target = parse_target(cfg.target, base_url=cfg.base_url, model=cfg.model,
-                          api_key_env=cfg.api_key_env, flavour=cfg.flavour)
+    if target is None:
+        target = parse_target(cfg.target, base_url=cfg.base_url, model=cfg.model,
+                              api_key_env=cfg.api_key_env, flavour=cfg.flavour)
     # SDK adapters (OpenAI, Anthropic) put the key in their own header.
-    headers = {"Authorization": f"Bearer {key}"} if key and not target.uses_sdk else {}
+    headers = request_headers(target.url_headers, key, sdk=target.uses_sdk)
     base_url = cfg.base_url or "http://replay.invalid/v1"
     info: dict[str, Any] = {}
     limiter = AdaptiveLimiter(cfg.concurrency, cfg.start_concurrency)
@@ -274,9 +271,10 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
 
         async def call(req: GenerationRequest) -> Completion:
             try:
-                return await provider.generate(req)
+                c = await provider.generate(req)
             except RequestFailed as e:  # this row only; retries are behind us (transport)
-                return Completion.failed(req, str(e))
+                c = Completion.failed(req, str(e))
+            return withhold_secrets(c, redactor)  # before anything is written or scored
 
         def done(req: GenerationRequest, c: Completion) -> None:
             nonlocal failed
@@ -453,7 +451,8 @@ def run_audit(cfg: AuditConfig) -> AuditResult:
 
     if todo:  # a finished run re-ranks without touching the network
         try:
-            manifest["endpoint"] = asyncio.run(generate(cfg, todo, run, redactor, stats))
+            manifest["endpoint"] = asyncio.run(generate(cfg, todo, run, redactor, stats,
+                                                        target))
         except BaseException:
             manifest.update(status="interrupted")
             account("interrupted")

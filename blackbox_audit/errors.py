@@ -15,6 +15,11 @@ class AuditError(Exception):
     exit_code = 1
 
     def __init__(self, message: str):
+        # Messages often quote what a server said (a 401 body may quote our Authorization
+        # header): every secret this process holds is cut out before anyone can print it.
+        from .redact import scrub
+
+        message = scrub(message)
         super().__init__(message)
         self.message = message
 

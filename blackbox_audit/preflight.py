@@ -582,10 +582,10 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
     """``blackbox-audit probe``: the preflight alone, on its own client. Recorded and replayed
     like a run (``--fixtures``), so a probe can be shown offline."""
     import asyncio
-    import os
 
     from providers.registry import parse_target
 
+    from .credentials import read_key, request_headers
     from .redact import Redactor
     from .transport import FixtureStore, build_client
 
@@ -603,7 +603,7 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
     planned, warnings, chat_mode = static_plan(target, framings or ["raw", "chat"], chat_mode,
                                                reference_only, for_audit=False)
     key_env = target.api_key_env
-    key = os.environ.get(key_env) if key_env else None
+    key = read_key(key_env)
     if key_env and not key and mode != "replay" and api_key_env:
         raise ConfigError(f"The environment variable {key_env} (named by --api-key-env) is "
                           "empty or not set; export the API key there.")
@@ -613,7 +613,7 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
     redactor = Redactor([key])
     store = (FixtureStore(fixtures, redactor, writable=mode in ("record", "auto"))
              if mode != "off" else None)
-    headers = {"Authorization": f"Bearer {key}"} if key and not target.uses_sdk else {}
+    headers = request_headers(target.url_headers, key, sdk=target.uses_sdk)
 
     async def go() -> ProbeReport:
         async with build_client(target.base_url or "http://replay.invalid/v1", mode=mode,

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from .redact import scrub
+
 MODES = ("auto", "plain", "rich")
 
 
@@ -197,14 +199,18 @@ def _fmt(seconds: float) -> str:
 
 
 # -- the closing table ---------------------------------------------------------------------
+# C0 and C1 controls, and the bidirectional overrides and isolates (U+202E can make a line
+# read backwards: "Trojan Source").
 _CONTROL = {c: "\ufffd" for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F,
-                                   *range(0x80, 0xA0))}
+                                   *range(0x80, 0xA0), 0x200E, 0x200F,
+                                   *range(0x202A, 0x202F), *range(0x2066, 0x206A))}
 
 
 def terminal_safe(text: str) -> str:
     """Model text for a terminal: whitespace runs become one space, control characters
-    (ESC sequences could move the cursor or retitle the window) become U+FFFD."""
-    return " ".join(text.translate(_CONTROL).split())
+    (ESC sequences could move the cursor or retitle the window) become U+FFFD, and any
+    secret this process holds is cut out."""
+    return " ".join(scrub(text).translate(_CONTROL).split())
 
 
 def top_table(ranked: list[dict[str, Any]], top: int, stream: TextIO | None = None,

@@ -9,26 +9,38 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from itertools import repeat
+from math import isfinite
 from operator import gt, itemgetter, le
 
 from .records import Completion
+from .redact import REDACTED, Redactor
 
 # Greedy check tolerance: servers round logprobs, and ties between top tokens happen.
 GREEDY_TOLERANCE = 1e-3
 SENTINEL = -9999.0
+# No tokenizer in use has a token this long (the longest are runs of whitespace, ~128 bytes):
+# an answer with more bytes than this per token asked for is not a completion of that length.
+MAX_TOKEN_BYTES = 1024
 _second = itemgetter(1)
 
 REASONS = {
     "empty": "the completion has no tokens",
     "no_logprobs": "the response carried no token log-probabilities",
     "logprob_count": "fewer log-probabilities than tokens",
-    "sentinel_logprobs": "log-probabilities are placeholders (-9999, positive, or all zero)",
+    "sentinel_logprobs": "log-probabilities are placeholders or impossible (-9999, positive, "
+                         "NaN or infinite, or all zero)",
     "text_mismatch": "the tokens do not rebuild the returned text",
     "not_greedy": "a chosen token is not the argmax of its top log-probabilities",
     "prefill_dropped": "the server ignored the prefill and started its own text",
     "prefill_altered": "the prompt the server echoed back does not carry the prefill intact",
     "context_mismatch": "the reference could not rebuild the context the target saw",
+    "over_length": "the answer is longer than the max_tokens asked for (more tokens, or more "
+                   "bytes than any tokenizer's tokens hold)",
+    "malformed_answer": "a 2xx answer whose JSON is not in the endpoint's documented shape",
+    "secret_withheld": "the answer held this run's credential or a string shaped like an API "
+                       "key: cut from every file, and the row is not scored",
 }
 
 
@@ -51,11 +63,14 @@ def rebuilds(c: Completion) -> bool:
             and rebuilt.rstrip("\ufffd") == c.text)
 
 
-def assess(c: Completion) -> list[str]:
-    """Reasons this completion cannot be scored; empty when it can."""
+def assess(c: Completion, max_tokens: int | None = None) -> list[str]:
+    """Reasons this completion cannot be scored; empty when it can. ``max_tokens`` is what
+    was asked for: a longer answer is refused before anything reads it."""
     reasons: list[str] = []
     if c.error is not None:
         return reasons
+    if max_tokens is not None and over_length(c, max_tokens):
+        return ["over_length"]
     if c.mode == "reference-only":  # no target logprobs by design; only the text is checked
         return [] if c.text else ["empty"]
     if not c.tokens:
@@ -77,12 +92,20 @@ def assess(c: Completion) -> list[str]:
     return reasons
 
 
+def over_length(c: Completion, max_tokens: int) -> bool:
+    """More tokens than asked for, or more text than that many tokens can hold."""
+    return (len(c.tokens) > max_tokens or len(c.logprobs) > max_tokens
+            or len(c.text) > max_tokens * MAX_TOKEN_BYTES)
+
+
 def placeholders(vals: list[float]) -> bool:
-    """Are these log-probabilities stand-ins rather than values: -9999, positive, or all zero?
-    (Shared by the completion check above and the prompt echo's, providers/base.py.)"""
-    # map over operator functions: the same comparisons as a generator, at C speed
-    return any(map(le, vals, repeat(SENTINEL))) or any(map(gt, vals, repeat(1e-6))) or (
-        len(vals) > 1 and vals.count(0.0) == len(vals))
+    """Are these log-probabilities stand-ins rather than values: -9999, positive, NaN or
+    infinite, or all zero? (Shared by the completion check above and the prompt echo's,
+    providers/base.py.)"""
+    # map over C functions: the same tests as a generator, at C speed
+    return (not all(map(isfinite, vals)) or any(map(le, vals, repeat(SENTINEL)))
+            or any(map(gt, vals, repeat(1e-6)))
+            or (len(vals) > 1 and vals.count(0.0) == len(vals)))
 
 
 def _not_greedy(lps: list[float | None], tops: list[list[list]]) -> bool:
@@ -100,6 +123,27 @@ def _not_greedy(lps: list[float | None], tops: list[list[list]]) -> bool:
         if best is not None and best > lp + GREEDY_TOLERANCE:
             return True
     return False
+
+
+def withhold_secrets(c: Completion, redactor: Redactor) -> Completion:
+    """The row as it may be kept: when its text, its tokens, their bytes or their top
+    alternatives hold a secret (or the mark of one cut out earlier, as a replayed answer
+    does), only the redacted text and the numbers stay, and the row is marked
+    ``secret_withheld`` alone (the same mark whether the answer came live or from a redacted
+    fixture). Everything written downstream comes from this record."""
+    if c.error is not None:
+        error = redactor.text(c.error)
+        return c if error == c.error else replace(c, error=error)
+    texts = [c.text, "".join(c.tokens)]
+    if c.token_bytes:
+        texts.append(b"".join(bytes(b) for b in c.token_bytes).decode("utf-8", "replace"))
+    if c.top_logprobs:
+        texts.append("".join(str(t[0][0]) for t in c.top_logprobs if t and t[0]))
+    if not any(REDACTED in t or redactor.text(t) != t for t in texts):
+        return c
+    return replace(c, text=redactor.text(c.text), tokens=[], token_ids=None, token_bytes=None,
+                   top_logprobs=None, end_token=None, degraded=["secret_withheld"],
+                   model=redactor.text(c.model or "") or None)
 
 
 def count_reasons(rows: Iterable[Completion]) -> dict[str, int]:

@@ -75,7 +75,9 @@ class Completion:
     so neither side does (design §4: never score it on one side only).
 
     ``degraded`` lists the reasons this row cannot be trusted (empty when it can);
-    ``error`` is set when no usable answer came back at all (the request failed).
+    ``error`` is set when no usable answer came back at all (the request failed);
+    ``detail`` says in words what was wrong with an answer that did come back, where the
+    reason's name alone does not (which field of a malformed answer, say).
     ``prompt_echo`` summarises the server's echo of the prompt when it was asked for
     (``--verify-prompts``; providers/base.py ``attach_echo``).
     ``mode`` is ``"reference-only"`` for a row from a target that returns no log-probabilities
@@ -101,6 +103,7 @@ class Completion:
     degraded: list[str] = field(default_factory=list)
     error: str | None = None
     mode: str | None = None
+    detail: str | None = None
 
     @property
     def row_key(self) -> str:
@@ -131,6 +134,14 @@ class Completion:
         p = req.prefill
         return cls(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
                    prompt=req.prompt, error=error)
+
+    @classmethod
+    def malformed(cls, req: GenerationRequest, why: str) -> Completion:
+        """A 2xx answer that could not be read: kept as a degraded row (it was paid for, and
+        a resumed run must not ask again), with what was wrong in ``detail``."""
+        p = req.prefill
+        return cls(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
+                   prompt=req.prompt, degraded=["malformed_answer"], detail=why[:300])
 
 
 @dataclass

@@ -26,7 +26,7 @@ from . import fastjson
 from .errors import ConfigError
 from .records import Completion, Score
 from .redact import Redactor
-from .transport import SYNC, _heal_torn_tail
+from .transport import SYNC, heal_torn_tail
 
 
 class JsonlAppender:
@@ -38,13 +38,13 @@ class JsonlAppender:
         self._fh = None
 
     def append(self, obj: dict[str, Any]) -> None:
-        self.append_line(json.dumps(obj, ensure_ascii=False))
+        self.append_line(fastjson.dumps(obj))  # strict JSON: a NaN score is written null
 
     def append_line(self, text: str) -> None:
         """Append one line of JSON text (redacted here)."""
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            _heal_torn_tail(self.path)
+            heal_torn_tail(self.path)
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._fh.write(self.redactor.text(text) + "\n")
         self._fh.flush()  # the kernel has it: a killed process loses nothing

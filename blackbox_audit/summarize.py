@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .credentials import read_key, request_headers, split_url
 from .errors import ConfigError, EndpointError
 from .redact import Redactor
 from .rundir import RunDir, write_atomic
@@ -75,7 +75,10 @@ class Judge:
                               "anthropic:MODEL (e.g. openai:gpt-4.1-mini, "
                               "anthropic:claude-haiku-4-5).")
         url, env = defaults[kind]
-        return cls(kind, model, base_url or url, api_key_env or env)
+        clean = split_url(base_url)
+        if clean.has_credentials:  # the SDKs send their own key header
+            request_headers(clean.headers, None, sdk=True)
+        return cls(kind, model, clean.url or url, api_key_env or env)
 
 
 @dataclass
@@ -295,7 +298,7 @@ def summarize(run_path: str | Path, judge_spec: str, *, top: int = 10,
     if top < 1:
         raise ConfigError("--top must be at least 1.")
     manifest = run.read_manifest()
-    key = os.environ.get(judge.api_key_env) or None
+    key = read_key(judge.api_key_env)
     if not key and record_mode != "replay":
         raise ConfigError(f"The judge's API key is read from ${judge.api_key_env}, which is "
                           "empty or not set: export it (or name another variable with "

@@ -239,22 +239,33 @@ class FixtureStore:
         """Record ``ex``; ``key`` is its request key when the caller has it already."""
         if not self.writable:
             return
-        # Redact the serialised line (one pass of C-speed string search over it) rather than
-        # walking the object: the same result for the keys we redact, at a fraction of the
-        # cost on a 100-token answer with top logprobs.
-        text = _exchange_line(ex)
-        line = self.redactor.text(text)
+        redactor = self.redactor
+        if redactor.knows_secrets:
+            # Searched as values (any escaping seen through, tokens read as columns); the
+            # answer's own bytes are kept when nothing was cut.
+            body, response = redactor.obj(ex.body), redactor.obj(ex.response)
+            path = redactor.text(ex.path)
+            if body is not ex.body or response is not ex.response or path != ex.path:
+                ex = replace(ex, path=path, body=body, response=response, raw=None)
+                key = None
+            line = _exchange_line(ex)
+        else:
+            # Key shapes only: one pass of C-speed string search over the serialised line
+            # (walking the object costs a multiple of it on a 100-token answer).
+            text = _exchange_line(ex)
+            line = redactor.text(text)
+            if line != text:  # something was redacted: key the record as it is stored
+                rec = json.loads(line)
+                ex = replace(ex, path=rec["path"], body=rec["body"])
+                key = None
         rec_key = key if key is not None else request_key(ex.method, ex.path, ex.body)
-        if line != text:  # something was redacted: key the record as it is stored
-            rec = json.loads(line)
-            rec_key = request_key(rec["method"], rec["path"], rec["body"])
         with self._lock:
             if self._fh is None:
                 if self.path.suffix == ".gz":
                     raise FixtureError(f"Cannot record into compressed fixture {self.path}; "
                                        "record to a .jsonl file and compress it afterwards.")
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                _heal_torn_tail(self.path)
+                heal_torn_tail(self.path)
                 self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
             offset = self._fh.tell()
             self._fh.write(line.encode("utf-8") + b"\n")
@@ -276,12 +287,15 @@ class FixtureStore:
 def _exchange_line(ex: Exchange) -> str:
     """One fixture line. A JSON answer is spliced in as the bytes that came over the wire
     (encoding 100 tokens of top logprobs again cost more than everything else we do per
-    answer), unless they span lines or escape ASCII characters (which could hide a
-    credential from the redactor); then it is encoded from the parsed value."""
+    answer), unless they span lines, escape ASCII characters (which could hide a key shape
+    from the redactor's text search) or hold a NaN or an infinity (not JSON: written as the
+    strings "NaN" / "Infinity", which read back as the same numbers); then it is encoded
+    from the parsed value."""
     head = {"method": ex.method, "path": ex.path, "body": ex.body, "status": ex.status,
             "content_type": ex.content_type}
     raw = ex.raw
-    if raw is not None and b"\n" not in raw and b"\\u00" not in raw:
+    if raw is not None and b"\n" not in raw and b"\\u00" not in raw and b"NaN" not in raw \
+            and b"Infinity" not in raw:
         try:
             body = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -289,7 +303,8 @@ def _exchange_line(ex: Exchange) -> str:
         if body[:1] in ("{", "["):
             return json.dumps(head, ensure_ascii=False, sort_keys=True)[:-1] + \
                 ', "response": ' + body + "}"
-    return json.dumps({**head, "response": ex.response}, ensure_ascii=False, sort_keys=True)
+    return json.dumps({**head, "response": fastjson.finite(ex.response, named=True)},
+                      ensure_ascii=False, sort_keys=True, allow_nan=False)
 
 
 class BackgroundSync:
@@ -348,7 +363,7 @@ class BackgroundSync:
 SYNC = BackgroundSync(window=0.01)
 
 
-def _heal_torn_tail(path: Path) -> None:
+def heal_torn_tail(path: Path) -> None:
     """Cut a partial last line left by a killed writer, so appends start on a fresh line."""
     if not path.exists() or path.stat().st_size == 0:
         return

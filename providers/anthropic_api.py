@@ -28,6 +28,7 @@ from blackbox_audit.records import Completion, GenerationRequest
 
 from .base import Capabilities, Provider, WireRequest, completion_from_columns
 from .openai_api import _unwrap
+from .protocol import MalformedAnswer
 from .sdk_bridge import as_httpx_response, sdk_client, split_params
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -115,7 +116,8 @@ class AnthropicProvider(Provider):
     def parse(self, req: GenerationRequest, payload: dict[str, Any]) -> Completion:
         blocks = payload.get("content")
         if not isinstance(blocks, list):
-            raise EndpointError(f"Anthropic answered without content: {str(payload)[:300]}")
+            raise MalformedAnswer(f"Anthropic answered without a list of content blocks: "
+                                  f"{str(payload)[:300]}")
         text = "".join(b.get("text", "") for b in blocks
                        if isinstance(b, dict) and b.get("type") == "text")
         sent_prefill = req.messages[-1]["content"] if req.messages else ""

@@ -20,7 +20,7 @@ from blackbox_audit.quality import assess, placeholders
 from blackbox_audit.records import Completion, GenerationRequest
 from blackbox_audit.transport import JSON_EXTENSION
 
-from .protocol import PromptEcho, TokenColumns
+from .protocol import MalformedAnswer, PromptEcho, TokenColumns
 
 
 @dataclass
@@ -99,12 +99,20 @@ class Provider(ABC):
             raise RequestFailed(f"HTTP {response.status_code} with a body that is not JSON: "
                                 f"{response.text[:200]!r}") from e
         if not isinstance(payload, dict):
-            raise RequestFailed(f"unexpected JSON answer: {str(payload)[:200]}")
-        completion = self.parse(req, payload)
-        if self.reference_only:
-            completion.mode = "reference-only"
-            completion.degraded = [r for r in completion.degraded if r != "no_logprobs"]
-        completion.degraded = sorted(set(completion.degraded) | set(assess(completion)))
+            return Completion.malformed(req, f"the answer is a JSON {type(payload).__name__}, "
+                                             f"not an object: {str(payload)[:200]}")
+        try:
+            completion = self.parse(req, payload)
+            if self.reference_only:
+                completion.mode = "reference-only"
+                completion.degraded = [r for r in completion.degraded if r != "no_logprobs"]
+            reasons = assess(completion, req.max_tokens)
+        except MalformedAnswer as e:
+            return Completion.malformed(req, str(e))
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+            # The same answer replays the same way from the fixture: a row, never a crash.
+            return Completion.malformed(req, f"{type(e).__name__}: {e}")
+        completion.degraded = sorted(set(completion.degraded) | set(reasons))
         return completion
 
     def raise_for_status(self, response: httpx.Response) -> None:
@@ -143,11 +151,12 @@ def _error_detail(response: httpx.Response) -> str:
 
 
 def first_choice(payload: dict[str, Any], who: str) -> dict[str, Any]:
-    """The first choice of an OpenAI-style answer; an answer without one is the endpoint's
-    fault, not this row's (the run stops with a clear message)."""
-    choices = payload.get("choices") or []
-    if not choices or not isinstance(choices[0], dict):
-        raise EndpointError(f"{who} answered without choices: {str(payload)[:300]}")
+    """The first choice of an OpenAI-style answer; an answer without one is a malformed
+    answer (the row is marked; the probe refuses the run before it spends)."""
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedAnswer(f"{who} answered without a list of choices: "
+                              f"{str(payload)[:300]}")
     return choices[0]
 
 

@@ -31,7 +31,7 @@ from blackbox_audit.errors import AuditError, EndpointError
 from blackbox_audit.records import Completion, GenerationRequest
 
 from .base import Capabilities, Provider, WireRequest, completion_from_columns, first_choice
-from .protocol import token_columns
+from .protocol import choice_text, token_columns
 from .sdk_bridge import as_httpx_response, sdk_client, split_params
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -131,10 +131,7 @@ class OpenAIProvider(Provider):
         choice = first_choice(payload, "OpenAI")
         usage = payload.get("usage") or {}
         cols = token_columns(choice.get("logprobs"))
-        if self.legacy:
-            text = choice.get("text") or ""
-        else:
-            text = (choice.get("message") or {}).get("content") or ""
+        text = choice_text(choice, chat=not self.legacy)
         return completion_from_columns(req, text=text, cols=cols,
                                        finish_reason=choice.get("finish_reason"),
                                        prompt_tokens=usage.get("prompt_tokens"),

@@ -45,7 +45,7 @@ from .base import (
     completion_from_columns,
     first_choice,
 )
-from .protocol import TokenColumns, prompt_echo, split_echo, token_columns
+from .protocol import TokenColumns, choice_text, prompt_echo, split_echo, token_columns
 
 # Greedy means greedy: each flavour's own names for "no repetition penalty, no truncation".
 GREEDY_EXTRAS: dict[str, dict[str, Any]] = {
@@ -142,13 +142,13 @@ class OpenAICompatibleProvider(Provider):
         dropped = False
         echo = None
         if req.messages is not None:
-            content = (choice.get("message") or {}).get("content") or ""
+            content = choice_text(choice, chat=True)
             if _prefilled(req):
                 text, dropped = _strip_prefill(content, req.prefill.text, cols)
             else:
                 text = content
         else:
-            text = choice.get("text") or ""
+            text = choice_text(choice, chat=False)
             if self.echo_prompts and _echoed_in_text(text, cols, req.prompt or ""):
                 echo, cols, text = split_echo(cols, text, req.prompt or "")
             cols = _tokens_from_offsets(cols, text)

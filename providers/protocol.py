@@ -96,41 +96,93 @@ def _ids_from_placeholders(cols: TokenColumns) -> TokenColumns:
     return cols
 
 
+class MalformedAnswer(ValueError):
+    """A 2xx answer that is not in the shape its endpoint documents; the message names the
+    part. The row is kept, marked ``malformed_answer`` (providers/base.py), and the run goes
+    on: a recorded answer replays the same way, so it must never stop a run."""
+
+
 def _columns(logprobs: Any) -> TokenColumns | None:
     if not logprobs:
         return None
-    if isinstance(logprobs, dict) and "content" in logprobs:
+    if not isinstance(logprobs, dict):
+        raise MalformedAnswer(f"logprobs is a {type(logprobs).__name__}, not an object")
+    if "content" in logprobs:
         content = logprobs.get("content") or []
-        if not isinstance(content, list):
-            return None
+        if not isinstance(content, list) or not all(isinstance(c, dict) for c in content):
+            raise MalformedAnswer("logprobs.content is not a list of objects")
         tokens = [str(c.get("token", "")) for c in content]
         lps = [_float(c.get("logprob")) for c in content]
         ids = [c.get("id") for c in content]
         raw_bytes = [c.get("bytes") for c in content]
-        tops = [[[t.get("token", ""), _float(t.get("logprob"))]
-                 for t in (c.get("top_logprobs") or [])] for c in content]
+        tops = [[[str(t.get("token", "")), _float(t.get("logprob"))]
+                 for t in _objects(c.get("top_logprobs"), "top_logprobs")] for c in content]
+        have_bytes = bool(content) and all(isinstance(b, list) for b in raw_bytes)
+        if have_bytes and not all(map(_is_bytes, raw_bytes)):
+            raise MalformedAnswer("a token's bytes are not a list of byte values (0-255)")
         return TokenColumns(
             tokens=tokens, logprobs=lps,
-            ids=ids if content and all(isinstance(i, int) for i in ids) else None,
-            token_bytes=raw_bytes if content and all(isinstance(b, list) for b in raw_bytes)
-            else None,
+            ids=ids if content and all(type(i) is int for i in ids) else None,
+            token_bytes=raw_bytes if have_bytes else None,
             top=tops if any(tops) else None)
-    if isinstance(logprobs, dict) and "tokens" in logprobs:
-        tokens = [str(t) for t in logprobs.get("tokens") or []]
+    if "tokens" in logprobs:
+        tokens = _list(logprobs.get("tokens"), "logprobs.tokens")
+        tokens = [str(t) for t in tokens]
         lps = [x if type(x) is float else _float(x)
-               for x in logprobs.get("token_logprobs") or []]
-        top_raw = logprobs.get("top_logprobs") or []
+               for x in _list(logprobs.get("token_logprobs"), "logprobs.token_logprobs")]
+        top_raw = _list(logprobs.get("top_logprobs"), "logprobs.top_logprobs")
+        if not all(d is None or isinstance(d, dict) for d in top_raw):
+            raise MalformedAnswer("logprobs.top_logprobs is not a list of {token: logprob} "
+                                  "objects")
         # type() fast path: 500 values per 100-token answer, nearly all plain floats.
         tops = [[[k, v if type(v) is float else _float(v)] for k, v in d.items()] if d else []
                 for d in top_raw]
         offsets = logprobs.get("text_offset")
+        if offsets is not None and not (isinstance(offsets, list)
+                                        and all(type(o) is int for o in offsets)):
+            raise MalformedAnswer("logprobs.text_offset is not a list of integers")
         raw_ids = logprobs.get("token_ids")  # Together's legacy shape carries ids
         ids = ([int(i) for i in raw_ids] if isinstance(raw_ids, list) and len(raw_ids) ==
-               len(tokens) and all(isinstance(i, int) for i in raw_ids) else None)
+               len(tokens) and all(type(i) is int for i in raw_ids) else None)
         return TokenColumns(tokens=tokens, logprobs=lps, ids=ids, token_bytes=None,
                             top=tops if any(tops) else None,
-                            text_offset=list(offsets) if isinstance(offsets, list) else None)
+                            text_offset=list(offsets) if offsets is not None else None)
     return None
+
+
+def choice_text(choice: dict[str, Any], chat: bool) -> str:
+    """The text of a choice: ``message.content`` on /chat/completions, ``text`` on
+    /completions (absent or null: empty)."""
+    if chat:
+        message = choice.get("message") or {}
+        if not isinstance(message, dict):
+            raise MalformedAnswer("choices[0].message is not an object")
+        text, where = message.get("content"), "choices[0].message.content"
+    else:
+        text, where = choice.get("text"), "choices[0].text"
+    if text is not None and not isinstance(text, str):
+        raise MalformedAnswer(f"{where} is a {type(text).__name__}, not a string")
+    return text or ""
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    """A list field (absent or null: empty); anything else is a malformed answer."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedAnswer(f"{where} is a {type(value).__name__}, not a list")
+    return value
+
+
+def _objects(value: Any, where: str) -> list[dict[str, Any]]:
+    items = _list(value, where)
+    if not all(isinstance(t, dict) for t in items):
+        raise MalformedAnswer(f"{where} is not a list of objects")
+    return items
+
+
+def _is_bytes(b: list[Any]) -> bool:
+    return all(type(x) is int and 0 <= x < 256 for x in b)
 
 
 @dataclass

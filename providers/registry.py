@@ -9,11 +9,12 @@ OpenAI-compatible adapter with that service's flavour (its quirks and declared c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 
+from blackbox_audit.credentials import split_url
 from blackbox_audit.errors import ConfigError
 
 from .base import Capabilities, Provider
@@ -48,9 +49,14 @@ class Target:
     base_url: str | None
     api_key_env: str | None
     flavour: str              # openai-compatible flavour ("auto": ask GET /models); "" else
+    # Credentials that came inside --base-url, as the header that carries them now (held in
+    # memory only: never in to_json, never in a repr).
+    url_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        del out["url_headers"]
+        return out
 
     @property
     def uses_sdk(self) -> bool:
@@ -61,7 +67,10 @@ class Target:
 def parse_target(target: str | None, *, base_url: str | None = None, model: str | None = None,
                  api_key_env: str | None = None, flavour: str = "auto") -> Target:
     """Resolve the command line's target. ``--base-url``/``--model``/``--api-key-env`` given
-    alongside ``KIND:MODEL`` override the kind's defaults (a proxy, another key variable)."""
+    alongside ``KIND:MODEL`` override the kind's defaults (a proxy, another key variable).
+    Credentials inside the URL leave it here (blackbox_audit.credentials.split_url)."""
+    clean = split_url(base_url)
+    base_url = clean.url
     if target:
         kind, sep, name = target.partition(":")
         if not sep or kind not in KINDS or not name:
@@ -79,10 +88,11 @@ def parse_target(target: str | None, *, base_url: str | None = None, model: str 
             fl = flavour                 # the user knows better than the kind's default
         else:
             fl = kind_flavour
-        return Target(kind, family, name, url, api_key_env or default_env, fl)
+        return Target(kind, family, name, url, api_key_env or default_env, fl, clean.headers)
     if not model:
         raise ConfigError(f"No target: pass {TARGET_HELP}.")
-    return Target("compatible", "openai-compatible", model, base_url, api_key_env, flavour)
+    return Target("compatible", "openai-compatible", model, base_url, api_key_env, flavour,
+                  clean.headers)
 
 
 def declared_capabilities(target: Target) -> Capabilities:

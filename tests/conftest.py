@@ -13,6 +13,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_secret_registry():
+    """Each test starts with no secret registered process-wide (blackbox_audit.redact)."""
+    from blackbox_audit.redact import forget_all
+
+    forget_all()
+    yield
+    forget_all()
+
+
 @pytest.fixture(scope="session")
 def ref_spec():
     from blackbox_audit.reference import packaged_smollm2

@@ -67,18 +67,29 @@ def test_loads_refuses_what_json_refuses(text):
     {"tokens": [" null", "x"], "lp": [-0.5, None]},   # "null" inside a string
     [[["tok", -0.25], ["other", None]]],               # a None deeper than the count looks
     {"lp": [-1e-05, 1e16, -0.0, 100, True, False]},
-    {"x": [float("nan"), 1.0], "y": None},             # NaN: the stdlib writes it
+    {"x": [float("nan"), 1.0], "y": None},             # NaN: written as null
     {"x": {"y": [float("-inf")]}},
     {"big": 123456789012345678901234567890},
     {1: "int key", "t": (1, 2)},
 ])
-def test_dumps_writes_the_stdlib_value_compactly(value):
-    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def test_dumps_writes_the_stdlib_value_compactly_and_strictly(value):
+    # The stdlib's value, except that NaN and infinities (not JSON: a browser's JSON.parse
+    # refuses them) are null.
+    expected = json.dumps(fastjson.finite(value), ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False)
     out = fastjson.dumps(value)
     assert isinstance(out, str)
     assert same(json.loads(out), json.loads(expected))
-    if "NaN" in expected or "Infinity" in expected:
-        assert out == expected  # never silently null
+    assert "NaN" not in out and "Infinity" not in out
+
+
+def test_finite_names_non_finite_numbers_when_asked_and_keeps_clean_values():
+    value = {"a": [1.0, float("nan")], "b": {"c": float("-inf")}, "d": float("inf")}
+    assert fastjson.finite(value) == {"a": [1.0, None], "b": {"c": None}, "d": None}
+    assert fastjson.finite(value, named=True) == {"a": [1.0, "NaN"], "b": {"c": "-Infinity"},
+                                                  "d": "Infinity"}
+    clean = {"a": [1.0, -2.5], "b": "x"}
+    assert fastjson.finite(clean) is clean
 
 
 def test_dumps_hands_msgspec_refusals_to_the_stdlib():
@@ -97,17 +108,18 @@ def _completion(lps, tops) -> Completion:
                       finish_reason="length", prompt="Once")
 
 
-def test_completion_rows_keep_non_finite_logprobs(tmp_path):
+def test_completion_rows_never_hold_non_finite_numbers(tmp_path):
     run = RunDir(tmp_path)
     weird = _completion([-0.5, float("-inf")], [[[" a", -0.5]], [[" b", float("nan")]]])
     plain = _completion([-0.5, -0.25], [[[" a", -0.5], [" c", -2.0]], [[" b", -0.25]]])
+    assert assess(weird) == ["sentinel_logprobs"]  # the row is degraded before it is written
     run.append_completion(weird)
     run.append_completion(plain)
     run.close()
     lines = (tmp_path / "completions.jsonl").read_text().splitlines()
-    assert "-Infinity" in lines[0] and "NaN" in lines[0]
+    assert "Infinity" not in lines[0] and "NaN" not in lines[0]
     back = [Completion.from_json(json.loads(x)) for x in lines]
-    assert back[0].logprobs[1] == float("-inf") and math.isnan(back[0].top_logprobs[1][0][1])
+    assert back[0].logprobs[1] is None and back[0].top_logprobs[1][0][1] is None
     assert back[1] == plain
 
 
@@ -125,4 +137,6 @@ def test_assess_fast_paths_agree_with_the_rules():
     assert assess(_completion([0.0, 0.0], None)) == ["sentinel_logprobs"]
     assert assess(_completion([-0.5, -9999.0], None)) == ["sentinel_logprobs"]
     assert assess(_completion([-0.5, 0.5], None)) == ["sentinel_logprobs"]
-    assert assess(_completion([-0.5, float("nan")], None)) == []  # NaN compares false: as before
+    # NaN and infinities are impossible log-probabilities: the row is degraded (issue 12)
+    assert assess(_completion([-0.5, float("nan")], None)) == ["sentinel_logprobs"]
+    assert assess(_completion([-0.5, float("-inf")], None)) == ["sentinel_logprobs"]
