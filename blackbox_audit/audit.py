@@ -307,12 +307,19 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
     if alignment == "auto":
         alignment = choose_alignment(view, (c for c in completions.values() if c.usable))
     items, rows, misaligned = [], [], {}
+    limit = reference.max_length
     for c in todo:
         try:
-            items.append(align(view, c, alignment))
-            rows.append(c)
+            item = align(view, c, alignment)
         except AlignmentError as e:
             misaligned[c.row_key] = str(e)
+            continue
+        if len(item.ids) > limit:
+            misaligned[c.row_key] = (f"{len(item.ids)} tokens with the context, more than the "
+                                     f"reference takes in one pass ({limit})")
+            continue
+        items.append(item)
+        rows.append(c)
     progress = Progress("rescoring", sum(len(i.ids) for i in items), unit="tokens",
                         quiet=quiet)
     chunk = 64

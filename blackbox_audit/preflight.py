@@ -362,6 +362,12 @@ async def _confirm(provider, report: ProbeReport, sample: GenerationRequest,
             report.refusal = e.message
             return
         raise
+    if "malformed_answer" in c.degraded:
+        report.confirmed["logprobs"] = "unknown: the answer could not be read"
+        report.refusal = (f"The first answer from {base} is not in the shape its API "
+                          f"documents ({c.detail}). Check --base-url and --flavour; nothing "
+                          "else was sent.")
+        return
     if sample.prompt is not None and sample.messages is None:
         report.confirmed["raw_completion"] = "yes (the probe's call)"
     if provider.echo_prompts:

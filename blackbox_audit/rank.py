@@ -39,7 +39,7 @@ def groups(ranked: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str,
 def vs_floor(nll_diff: float | None, floor: float | None) -> float | None:
     """A row's gap in units of the noise floor (blackbox_audit/noise.py): below 1, numerical
     noise alone could have produced it."""
-    if nll_diff is None or not floor or math.isnan(nll_diff):
+    if nll_diff is None or not floor or not math.isfinite(nll_diff):
         return None
     return round(nll_diff / floor, 2)
 
@@ -108,7 +108,7 @@ def rank(completions: dict[str, Completion], scores: dict[str, Score],
             left_out["repetitive"] += 1
             continue
         value = getattr(s, cfg.key)
-        if value is None or math.isnan(value):
+        if value is None or not math.isfinite(value):  # no side, or an overflowing one
             left_out["no_score"] += 1
             continue
         groups[(c.corpus, c.framing)].append((c, s))

@@ -39,6 +39,11 @@ from urllib.parse import quote
 from . import fastjson
 
 REDACTED = "<redacted>"
+# Set on a recorded answer something was cut from: a replay marks its row withheld even
+# where the cut left no trace the parse keeps (tokens rebuilt from the text's offsets).
+REDACTED_FLAG = "blackbox_audit_redacted"
+# The same news for a live answer, on its response (a header: the SDK bridge keeps headers).
+REDACTED_HEADER = "x-blackbox-audit-redacted"
 # Runs of this many characters of a secret (in any of its forms) are cut out.
 MIN_FRAGMENT = 8
 # The prefilter's blocks: every MIN_FRAGMENT-long run of a form holds one of its blocks of
@@ -385,6 +390,14 @@ def register(secret: str | None) -> None:
     """Hold ``secret`` in this process's list of things never to write or print."""
     if secret and len(secret) >= 4:
         _REGISTRY.add(secret)
+
+
+def might_hold_key(data: bytes | str) -> bool:
+    """Could this text hold a key shape (:data:`_KEY_PREFIXES`), plainly or behind a
+    ``\\u`` escape? A C-speed test that lets nearly every answer skip the value walk."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "replace")
+    return b"\\u00" in data or any(p.encode() in data for p in _KEY_PREFIXES)
 
 
 def forget_all() -> None:

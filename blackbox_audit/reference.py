@@ -137,6 +137,10 @@ class ReferenceModel:
         self.body = getattr(model, model.base_model_prefix)
         self.head = model.get_output_embeddings()
         self.token_budget = token_budget or (32768 if self.device.startswith("cuda") else 4096)
+        # The longest sequence one forward pass takes: the model's context, and never more
+        # than a batch's token budget (one over-long answer must not take all the memory).
+        context = getattr(model.config, "max_position_embeddings", None) or self.token_budget
+        self.max_length = min(int(context), self.token_budget)
         if self.device == "cpu" and torch.get_num_threads() > (os.cpu_count() or 1):
             torch.set_num_threads(os.cpu_count() or 1)
 
@@ -145,14 +149,19 @@ class ReferenceModel:
         """Log-probabilities of ``seq[start:]`` for each sequence, each token conditioned on
         everything before it. ``start`` must be at least 1 (the first token has no context).
 
-        Sequences are batched by length under the token budget; results come back in input
-        order and do not depend on the batching (a test holds this).
+        Sequences are batched by length under the token budget, so no batch holds more than
+        ``token_budget`` tokens (padding included); a sequence longer than ``max_length`` is
+        refused (callers leave such rows unscored). Results come back in input order and do
+        not depend on the batching (a test holds this).
         """
         import torch
 
         for seq, s in zip(sequences, starts, strict=True):
             if not 1 <= s <= len(seq):
                 raise ValueError(f"scored span start {s} out of range for length {len(seq)}")
+            if len(seq) > self.max_length:
+                raise ValueError(f"a sequence of {len(seq)} tokens is longer than the "
+                                 f"{self.max_length} one forward pass takes (max_length)")
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out: list[list[float] | None] = [None] * len(sequences)
         done_tokens, total_tokens = 0, sum(len(s) for s in sequences)

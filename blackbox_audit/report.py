@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import fastjson
 from .align import target_bytes
 from .errors import ConfigError
 from .flag import OrganismSpec, flag_rows, framing_summary, top_counts
@@ -347,7 +348,8 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
             spec_lines.append(f"{framing}: {hit} of the top {shown} match the spec ({detail})")
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     script_hash = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
-    data = {"rows": rows, "rank_key": key, "has_flag": spec is not None,
+    # JSON.parse refuses NaN: nothing non-finite may reach the page's data block.
+    data = {"rows": fastjson.finite(rows), "rank_key": key, "has_flag": spec is not None,
             "scores": [k for k in SCORE_COLUMNS if any(r.get(k) is not None for r in rows)],
             "corpora": sorted(Counter(r["corpus"] for r in rows)),
             "framings": sorted(Counter(r["framing"] for r in rows))}

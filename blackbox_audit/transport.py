@@ -45,7 +45,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from . import fastjson
 from .errors import FixtureError
-from .redact import Redactor
+from .redact import REDACTED_FLAG, REDACTED_HEADER, Redactor, might_hold_key
 
 MODES = ("off", "record", "replay", "auto")
 T = TypeVar("T")
@@ -236,28 +236,26 @@ class FixtureStore:
         return best
 
     def add(self, ex: Exchange, key: str | None = None) -> None:
-        """Record ``ex``; ``key`` is its request key when the caller has it already."""
+        """Record ``ex``; ``key`` is its request key when the caller has it already. The
+        answer comes cleaned as a value (RecordReplayTransport); here the serialised line
+        passes the redactor's text search too (C-speed), the last net before the disk."""
         if not self.writable:
             return
-        redactor = self.redactor
-        if redactor.knows_secrets:
-            # Searched as values (any escaping seen through, tokens read as columns); the
-            # answer's own bytes are kept when nothing was cut.
-            body, response = redactor.obj(ex.body), redactor.obj(ex.response)
-            path = redactor.text(ex.path)
-            if body is not ex.body or response is not ex.response or path != ex.path:
-                ex = replace(ex, path=path, body=body, response=response, raw=None)
-                key = None
-            line = _exchange_line(ex)
-        else:
-            # Key shapes only: one pass of C-speed string search over the serialised line
-            # (walking the object costs a multiple of it on a 100-token answer).
-            text = _exchange_line(ex)
-            line = redactor.text(text)
-            if line != text:  # something was redacted: key the record as it is stored
+        text = _exchange_line(ex)
+        line = self.redactor.text(text)
+        if line != text:  # something was redacted: key the record as it is stored
+            try:
                 rec = json.loads(line)
-                ex = replace(ex, path=rec["path"], body=rec["body"])
-                key = None
+            except ValueError:  # a cut across JSON syntax: clean the value instead
+                rec = json.loads(text)
+                rec = {**rec, "path": self.redactor.text(rec["path"]),
+                       "body": self.redactor.obj(rec["body"]),
+                       "response": self.redactor.obj(rec["response"])}
+            if isinstance(rec["response"], dict):
+                rec["response"][REDACTED_FLAG] = True
+            line = json.dumps(rec, ensure_ascii=False, sort_keys=True)
+            ex = replace(ex, path=rec["path"], body=rec["body"])
+            key = None
         rec_key = key if key is not None else request_key(ex.method, ex.path, ex.body)
         with self._lock:
             if self._fh is None:
@@ -386,6 +384,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if mode != "replay" and inner is None:
             raise ValueError(f"record mode {mode!r} needs a network transport")
         self.inner, self.mode, self.store = inner, mode, store
+        self.redactor = store.redactor if store is not None else Redactor()
         self.base_path = base_path
         self.stats = stats or TransportStats()
 
@@ -420,6 +419,14 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         if 200 <= response.status_code < 300:
             payload, ctype = _payload(response, content)
             if payload is not _BROKEN:
+                clean = self._withheld(payload, content)
+                if clean is not payload:
+                    # Told to the provider (withhold the row), by a header the SDKs keep;
+                    # the record carries REDACTED_FLAG so a replay says the same.
+                    response.headers[REDACTED_HEADER] = "1"
+                    payload = {**clean, REDACTED_FLAG: True} if isinstance(clean, dict) \
+                        else clean
+                    content = None
                 if request.method != "GET":  # listings and probes of state carry no usage
                     self.stats.count_usage(payload, replayed=False)
                 if self.mode in ("record", "auto"):
@@ -432,6 +439,14 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         # received. A copy built from the decoded content kept the Content-Encoding header,
         # so a gzip answer failed to decode twice (DecodingError).
         return response
+
+    def _withheld(self, payload: Any, content: bytes) -> Any:
+        """The answer as it may be kept: ``payload`` itself, or a copy with this run's secrets
+        (in any encoding, split over tokens) and key-shaped strings cut out. The walk is paid
+        only when the run holds a secret or the bytes could hold a key shape."""
+        if self.redactor.knows_secrets or might_hold_key(content):
+            return self.redactor.obj(payload)
+        return payload
 
     async def aclose(self) -> None:
         if self.inner is not None:
@@ -500,6 +515,35 @@ class TruncatedBody(httpx.RemoteProtocolError):
     def __init__(self, message: str, *, request: httpx.Request, response: httpx.Response):
         super().__init__(message, request=request)
         self.response = response
+
+
+class OversizedBody(httpx.TransportError):
+    """An answer larger than any completion can be (:data:`MAX_BODY_BYTES`): read no further,
+    not retried (asking again gets the same), and the row fails with this message."""
+
+
+# 100 tokens with 20 top log-probabilities each, bytes and ids, is well under 1 MB; the cap
+# only stops a broken or hostile server from filling memory.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class _Capped(httpx.AsyncByteStream):
+    """A response body that stops with :class:`OversizedBody` past ``limit`` bytes."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, limit: int, request: httpx.Request):
+        self.stream, self.limit, self.request = stream, limit, request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in self.stream:
+            seen += len(chunk)
+            if seen > self.limit:
+                raise OversizedBody(f"the answer is larger than {self.limit // 2**20} MB; "
+                                    "no completion is that long", request=self.request)
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
@@ -613,8 +657,10 @@ class RetryTransport(httpx.AsyncBaseTransport):
     """
 
     def __init__(self, inner: httpx.AsyncBaseTransport, policy: RetryPolicy | None = None,
-                 stats: TransportStats | None = None, feedback: LoadFeedback | None = None):
+                 stats: TransportStats | None = None, feedback: LoadFeedback | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES):
         self.inner = inner
+        self.max_body_bytes = max_body_bytes
         self.policy = policy or RetryPolicy()
         if self.policy.attempt_timeout is None:
             self.policy = replace(self.policy, attempt_timeout=120.0)
@@ -699,6 +745,16 @@ class RetryTransport(httpx.AsyncBaseTransport):
         # After aread() the request's body is an in-memory stream that can be sent again,
         # so every attempt reuses the request itself.
         response = await self.inner.handle_async_request(request)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await response.aclose()
+            raise OversizedBody(f"the answer declares {int(declared) // 2**20} MB; no "
+                                "completion is that long", request=request)
+        if not response.is_closed and isinstance(response.stream, httpx.AsyncByteStream):
+            response = httpx.Response(response.status_code, headers=response.headers,
+                                      stream=_Capped(response.stream, self.max_body_bytes,
+                                                     request),
+                                      extensions=response.extensions, request=request)
         return response, await response.aread()
 
     def _overloaded(self, started: float) -> None:

@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 
 from blackbox_audit.errors import EndpointError
-from blackbox_audit.quality import assess, placeholders
+from blackbox_audit.quality import assess, placeholders, withhold_secrets
 from blackbox_audit.records import Completion, GenerationRequest
-from blackbox_audit.transport import JSON_EXTENSION
+from blackbox_audit.redact import REDACTED_FLAG, REDACTED_HEADER, Redactor
+from blackbox_audit.transport import JSON_EXTENSION, OversizedBody
 
 from .protocol import MalformedAnswer, PromptEcho, TokenColumns
 
@@ -89,6 +90,8 @@ class Provider(ABC):
             response = await self.send(wire)
         except httpx.TimeoutException as e:
             raise RequestFailed(f"timed out after retries ({type(e).__name__})") from e
+        except OversizedBody as e:
+            raise RequestFailed(str(e)) from e
         except httpx.TransportError as e:
             raise RequestFailed(f"connection failed after retries: {e}") from e
         if response.status_code >= 400:
@@ -113,6 +116,9 @@ class Provider(ABC):
             # The same answer replays the same way from the fixture: a row, never a crash.
             return Completion.malformed(req, f"{type(e).__name__}: {e}")
         completion.degraded = sorted(set(completion.degraded) | set(reasons))
+        if payload.get(REDACTED_FLAG) or REDACTED_HEADER in response.headers:
+            # an answer a credential (or a key shape) was cut from, live or recorded
+            return withhold_secrets(completion, Redactor(), cut=True)
         return completion
 
     def raise_for_status(self, response: httpx.Response) -> None:
