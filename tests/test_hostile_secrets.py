@@ -301,3 +301,64 @@ def test_a_key_in_the_base_url_query_is_refused_without_repeating_it(tmp_path, c
     assert "query string" in err and "--api-key-env" in err
     assert secret not in out + err
     assert not (tmp_path / "run").exists() or leaks("sk-" + secret, tmp_path) == []
+
+
+@pytest.mark.parametrize("key", [SHAPED, SHAPELESS], ids=["sk-shaped", "shapeless"])
+@pytest.mark.parametrize("mode", LEAKS)
+def test_each_way_of_sending_the_key_back_is_cut_from_the_row_and_the_fixture(mode, key,
+                                                                              tmp_path):
+    """One case at a time, hermetic (httpx.MockTransport plays the endpoint): the row as it
+    is kept, the recorded exchange and the completions file hold no piece of the key, live
+    and replayed alike."""
+    import asyncio
+
+    import httpx
+
+    from blackbox_audit.quality import withhold_secrets
+    from blackbox_audit.records import Completion, GenerationRequest, Prefill
+    from blackbox_audit.redact import Redactor
+    from blackbox_audit.rundir import RunDir
+    from blackbox_audit.transport import FixtureStore, RetryPolicy, build_client
+    from providers.base import RequestFailed
+    from providers.openai_compatible import OpenAICompatibleProvider
+
+    hostile = Hostile(key)
+    hostile.assigned["Once upon a"] = mode
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen = Seen(request.method, request.url.path,
+                    {k.lower(): v for k, v in request.headers.items()},
+                    json.loads(request.content or b"null"))
+        status, headers, data = hostile(seen)
+        return httpx.Response(status, headers=headers, content=data)
+
+    req = GenerationRequest(Prefill.make("prose", "Once upon a"), "raw", 24, 2,
+                            prompt="Once upon a")
+
+    async def once(mode: str) -> Completion:
+        redactor = Redactor([key])
+        store = FixtureStore(tmp_path / "exchanges.jsonl", redactor)
+        async with build_client("http://stub/v1", mode=mode, store=store,
+                                network=httpx.MockTransport(handler),
+                                headers={"Authorization": f"Bearer {key}"},
+                                retry=RetryPolicy(attempts=1, max_wait=0.0)) as client:
+            provider = OpenAICompatibleProvider(client, "stub-model")
+            try:
+                c = await provider.generate(req)
+            except RequestFailed as e:
+                c = Completion.failed(req, str(e))
+        return withhold_secrets(c, redactor)
+
+    live = asyncio.run(once("auto"))
+    replayed = asyncio.run(once("auto")) if not mode.startswith("error") else live
+    for name, c in (("live", live), ("replayed", replayed)):
+        run = RunDir(tmp_path / name, Redactor([key]))
+        run.append_completion(c)
+        run.close()
+    assert leaks(key, tmp_path) == []
+    if mode.startswith("error"):
+        assert live.error and "<redacted>" in live.error
+    elif mode == "header":   # headers are never written: nothing to withhold
+        assert live.degraded == [] and replayed.degraded == []
+    else:
+        assert live.degraded == ["secret_withheld"] == replayed.degraded
