@@ -125,13 +125,12 @@ def _not_greedy(lps: list[float | None], tops: list[list[list]]) -> bool:
     return False
 
 
-def withhold_secrets(c: Completion, redactor: Redactor, cut: bool = False) -> Completion:
-    """The row as it may be kept: when its text, its tokens, their bytes or their top
-    alternatives hold a secret (or the mark of one cut out earlier, as a replayed answer
-    does; ``cut``: the recorded answer says something was cut from it), only the redacted
-    text and the numbers stay, and the row is marked ``secret_withheld`` alone (the same mark
-    whether the answer came live or from a redacted fixture). Everything written downstream
-    comes from this record."""
+def withhold_secrets(c: Completion, redactor: Redactor) -> Completion:
+    """The row as it may be kept. When its text, its tokens, their bytes or any top
+    alternative hold a secret, or the mark of one cut out (the transport cuts secrets from
+    every answer before it is parsed, live and replayed alike), only the redacted text and
+    the numbers stay, and the row is marked ``secret_withheld`` alone. Everything written
+    downstream comes from this record."""
     if c.error is not None:
         error = redactor.text(c.error)
         return c if error == c.error else replace(c, error=error)
@@ -140,7 +139,8 @@ def withhold_secrets(c: Completion, redactor: Redactor, cut: bool = False) -> Co
         texts.append(b"".join(bytes(b) for b in c.token_bytes).decode("utf-8", "replace"))
     if c.top_logprobs:
         texts.append("".join(str(t[0][0]) for t in c.top_logprobs if t and t[0]))
-    if not cut and not any(REDACTED in t or redactor.text(t) != t for t in texts):
+        texts.append("\x00".join(str(a[0]) for t in c.top_logprobs for a in t if a))
+    if not any(REDACTED in t or redactor.text(t) != t for t in texts):
         return c
     return replace(c, text=redactor.text(c.text), tokens=[], token_ids=None, token_bytes=None,
                    top_logprobs=None, end_token=None, degraded=["secret_withheld"],

@@ -39,11 +39,6 @@ from urllib.parse import quote
 from . import fastjson
 
 REDACTED = "<redacted>"
-# Set on a recorded answer something was cut from: a replay marks its row withheld even
-# where the cut left no trace the parse keeps (tokens rebuilt from the text's offsets).
-REDACTED_FLAG = "blackbox_audit_redacted"
-# The same news for a live answer, on its response (a header: the SDK bridge keeps headers).
-REDACTED_HEADER = "x-blackbox-audit-redacted"
 # Runs of this many characters of a secret (in any of its forms) are cut out.
 MIN_FRAGMENT = 8
 # The prefilter's blocks: every MIN_FRAGMENT-long run of a form holds one of its blocks of

@@ -45,7 +45,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from . import fastjson
 from .errors import FixtureError
-from .redact import REDACTED_FLAG, REDACTED_HEADER, Redactor, might_hold_key
+from .redact import Redactor, might_hold_key
 
 MODES = ("off", "record", "replay", "auto")
 T = TypeVar("T")
@@ -251,8 +251,6 @@ class FixtureStore:
                 rec = {**rec, "path": self.redactor.text(rec["path"]),
                        "body": self.redactor.obj(rec["body"]),
                        "response": self.redactor.obj(rec["response"])}
-            if isinstance(rec["response"], dict):
-                rec["response"][REDACTED_FLAG] = True
             line = json.dumps(rec, ensure_ascii=False, sort_keys=True)
             ex = replace(ex, path=rec["path"], body=rec["body"])
             key = None
@@ -421,12 +419,10 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             if payload is not _BROKEN:
                 clean = self._withheld(payload, content)
                 if clean is not payload:
-                    # Told to the provider (withhold the row), by a header the SDKs keep;
-                    # the record carries REDACTED_FLAG so a replay says the same.
-                    response.headers[REDACTED_HEADER] = "1"
-                    payload = {**clean, REDACTED_FLAG: True} if isinstance(clean, dict) \
-                        else clean
-                    content = None
+                    # What was cut is cut for everyone: the provider parses the same clean
+                    # answer a replay of the record gives, so both make the same row.
+                    response = _answer_with(response, clean, request)
+                    payload, content = clean, None
                 if request.method != "GET":  # listings and probes of state carry no usage
                     self.stats.count_usage(payload, replayed=False)
                 if self.mode in ("record", "auto"):
@@ -456,6 +452,18 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
 
 
 _BROKEN = object()
+
+
+def _answer_with(response: httpx.Response, payload: Any,
+                 request: httpx.Request) -> httpx.Response:
+    """``response`` with ``payload`` as its JSON body (the original encoding and length
+    headers dropped: the new body is plain JSON)."""
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "content-type")]
+    clean = httpx.Response(response.status_code, headers=headers, json=payload,
+                           request=request)
+    clean.extensions[JSON_EXTENSION] = payload
+    return clean
 
 
 def _payload(response: httpx.Response, content: bytes) -> tuple[Any, str]:

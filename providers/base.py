@@ -18,7 +18,7 @@ import httpx
 from blackbox_audit.errors import EndpointError
 from blackbox_audit.quality import assess, placeholders, withhold_secrets
 from blackbox_audit.records import Completion, GenerationRequest
-from blackbox_audit.redact import REDACTED_FLAG, REDACTED_HEADER, Redactor
+from blackbox_audit.redact import Redactor
 from blackbox_audit.transport import JSON_EXTENSION, OversizedBody
 
 from .protocol import MalformedAnswer, PromptEcho, TokenColumns
@@ -116,10 +116,9 @@ class Provider(ABC):
             # The same answer replays the same way from the fixture: a row, never a crash.
             return Completion.malformed(req, f"{type(e).__name__}: {e}")
         completion.degraded = sorted(set(completion.degraded) | set(reasons))
-        if payload.get(REDACTED_FLAG) or REDACTED_HEADER in response.headers:
-            # an answer a credential (or a key shape) was cut from, live or recorded
-            return withhold_secrets(completion, Redactor(), cut=True)
-        return completion
+        # The transport cut any secret out of the answer before we saw it (live and replayed
+        # alike); a row whose content shows a cut is withheld, not scored.
+        return withhold_secrets(completion, Redactor())
 
     def raise_for_status(self, response: httpx.Response) -> None:
         """Fatal statuses stop the run with a clear message; others fail this one row."""
