@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
-from itertools import repeat
+from itertools import chain, repeat
 from math import isfinite
 from operator import gt, itemgetter, le
 
@@ -23,7 +23,7 @@ SENTINEL = -9999.0
 # No tokenizer in use has a token this long (the longest are runs of whitespace, ~128 bytes):
 # an answer with more bytes than this per token asked for is not a completion of that length.
 MAX_TOKEN_BYTES = 1024
-_second = itemgetter(1)
+_first, _second = itemgetter(0), itemgetter(1)
 
 REASONS = {
     "empty": "the completion has no tokens",
@@ -139,7 +139,8 @@ def withhold_secrets(c: Completion, redactor: Redactor) -> Completion:
         texts.append(b"".join(bytes(b) for b in c.token_bytes).decode("utf-8", "replace"))
     if c.top_logprobs:
         texts.append("".join(str(t[0][0]) for t in c.top_logprobs if t and t[0]))
-        texts.append("\x00".join(str(a[0]) for t in c.top_logprobs for a in t if a))
+        # every alternative (a cut one may sort anywhere), gathered at C speed
+        texts.append("\x00".join(map(str, map(_first, chain.from_iterable(c.top_logprobs)))))
     if not any(REDACTED in t or redactor.text(t) != t for t in texts):
         return c
     return replace(c, text=redactor.text(c.text), tokens=[], token_ids=None, token_bytes=None,
