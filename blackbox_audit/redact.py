@@ -7,8 +7,9 @@ that leaves the process for a file, a report or the terminal passes through a
 A server can hand a key back in many shapes, so a secret is looked for as more than itself:
 
 - **Its encodings** (:func:`forms`): as JSON writes it (``\\"``, ``\\\\``, ``\\/``, ``\\u``)
-  and percent-encoded; JSON written by a run with a secret is decoded and searched value by
-  value (:meth:`Redactor.json_text`), which sees through any escaping.
+  and percent-encoded; an answer from a run with a secret is searched as a decoded value
+  (:meth:`Redactor.obj`, by the transport before anyone reads it), which sees through any
+  escaping.
 - **Its fragments**: any run of :data:`MIN_FRAGMENT` or more characters of any form is cut
   out, so half a key pasted into an error message is caught, and what is left beside a cut
   never joins back into eight characters of the key.
@@ -146,17 +147,6 @@ class Redactor:
                 and not any(p in found for p in _KEY_PREFIXES):
             return value
         return self._clean(value)
-
-    def json_text(self, text: str) -> str:
-        """One line of JSON text as it may be written. With no secret known, only key shapes
-        are looked for (a text search); otherwise the line is decoded and its value searched
-        (:meth:`obj`), which sees through any escaping, and written again only when something
-        was cut."""
-        if not self._secrets:
-            return self.text(text)
-        value = fastjson.loads(text)
-        clean = self.obj(value)
-        return text if clean is value else json.dumps(clean, ensure_ascii=False)
 
     def dumps(self, value: Any, **kw: Any) -> str:
         """Strict JSON of ``value`` as it may be written: redacted, non-finite numbers as
