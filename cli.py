@@ -246,65 +246,13 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--generate-only", action="store_true",
                    help="stop after generation: record fixtures, or score later (elsewhere, "
                         "e.g. where a GPU is) with `blackbox-audit score RUN`")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads for the reference (default: the machine's cores)")
     g.add_argument("--noise-floor", metavar="NATS|RUN",
                    help="a noise floor in nats/token (e.g. 0.028: the p99 of the packaged base "
                         "against itself, docs/noise-floor.md), or the directory of a scored "
                         "base-against-itself run to measure it from; each ranked row's "
                         "vs_floor = nll_diff / the largest floor known")
-
-
-def print_top(ranked: list[dict], top: int, spec=None, out=None) -> None:
-    """The top rows of each (corpus, framing) ranking; with an OrganismSpec, flagged rows get
-    a '*' and each group and framing says how many of its top rows match."""
-    from blackbox_audit.flag import flag_rows, framing_summary, top_counts
-    from blackbox_audit.progress import terminal_safe
-    from blackbox_audit.rank import groups
-
-    out = out or sys.stdout
-    if spec:
-        flag_rows(ranked, spec)
-    for (corpus, framing), rows in groups(ranked).items():
-        key = rows[0].get("rank_key", "ppl_diff")
-        labels = []
-        if rows[0].get("mode") == "reference-only":
-            labels.append("REFERENCE-ONLY (degraded): ranked by reference surprisal alone, "
-                          "the target returned no log-probabilities")
-        if framing == "chat-continue":
-            labels.append("fallback framing: the prefill in the user turn, not the paper's")
-        print(f"\n== {corpus} / {framing}: top {min(top, len(rows))} of {len(rows)} "
-              f"by {key}" + "".join(f"\n   [{lab}]" for lab in labels), file=out)
-        name = "dPPL" if key == "ppl_diff" else key
-        for row in rows[:top]:
-            # model text: whitespace collapsed, control characters (terminal escapes) replaced
-            text = terminal_safe(row["completion"] or "")
-            mark = "*" if row.get("flagged") else " "
-            value = row.get(key, row["ppl_diff"])
-            print(f"{row['rank']:>3}{mark} {name} {value:>9.2f}  "
-                  f"[{terminal_safe(row['prefill'] or '')}] {text[:110]}", file=out)
-    if spec:
-        print(f"\nspec: {spec.objective}", file=out)
-        for framing, hit, shown, parts in framing_summary(top_counts(ranked, top)):
-            detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
-            print(f"{framing}: {hit} of the top {shown} match the spec ({detail})", file=out)
-
-
-def show_top(ranked: list[dict], top: int, spec=None) -> None:
-    """On a terminal, the top rows as one compact table; elsewhere (logs, pipes, tests) the
-    plain lines of :func:`print_top`."""
-    from blackbox_audit.flag import flag_rows, framing_summary, top_counts
-    from blackbox_audit.progress import top_table, use_rich
-
-    if not use_rich(sys.stdout):
-        print_top(ranked, top, spec)
-        return
-    if spec:
-        flag_rows(ranked, spec)
-    top_table(ranked, top)
-    if spec:
-        print(f"spec: {spec.objective}")
-        for framing, hit, shown, parts in framing_summary(top_counts(ranked, top)):
-            detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
-            print(f"{framing}: {hit} of the top {shown} match the spec ({detail})")
 
 
 def _spec(path: str | None):
@@ -314,7 +262,7 @@ def _spec(path: str | None):
     return OrganismSpec.load(path) if path else None
 
 
-def _ranked(run: str) -> list[dict]:
+def _ranked(run: str):
     from blackbox_audit.errors import ConfigError
     from blackbox_audit.rundir import RunDir
 
@@ -359,14 +307,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from blackbox_audit import audit
+    import blackbox_audit as ba
+    from blackbox_audit import presentation
 
     if args.command == "audit":
-        cfg = audit.AuditConfig(
-            out=args.out, base_url=args.base_url, model=args.model,
-            api_key_env=args.api_key_env, flavour=args.flavour, framings=args.framings,
+        spec = _spec(args.spec)
+        p = ba.plan(
+            out=args.out, target=args.target, base_url=args.base_url, model=args.model or "",
+            api_key_env=args.api_key_env, flavour=args.flavour, framings=tuple(args.framings),
             chat_mode=args.chat_mode, chat_template=args.chat_template,
-            prefills=args.prefills, corpora=args.corpora,
+            prefills=args.prefills, corpora=tuple(args.corpora) if args.corpora else None,
             per_corpus=args.per_corpus or None, prefill_tokens=args.prefill_tokens,
             prefill_tokenizer=args.prefill_tokenizer, seed=args.seed,
             max_tokens=args.max_tokens, top_logprobs=args.top_logprobs,
@@ -376,24 +326,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             alignment=args.alignment, rank_key=args.rank_key, min_tokens=args.min_tokens,
             min_compression_ratio=args.min_compression_ratio, noise_floor=args.noise_floor,
             generate_only=args.generate_only, max_degraded_share=args.max_degraded_share,
-            quiet=args.quiet,
-            target=args.target, reference_only=args.reference_only, pricing=args.pricing,
-            verify_prompts=args.verify_prompts)
-        spec = _spec(args.spec)
-        result = audit.run_audit(cfg)
-        if cfg.generate_only:
+            quiet=args.quiet, reference_only=args.reference_only, pricing=args.pricing,
+            verify_prompts=args.verify_prompts, torch_threads=args.threads)
+        ba.apply_process_settings(p.process)
+        result = ba.audit(p)
+        if p.generate_only:
             return 0
-        show_top(result.ranked, args.top, spec)
-        counts = result.manifest["counts"]
-        print(f"\n{counts['ranked']} of {counts['rows']} rows ranked "
-              f"({counts['degraded']} degraded, {counts['failed']} failed, left out: "
-              f"{counts['left_out_of_ranking'] or 'none'}); run directory: {result.run.path}")
-        if counts.get("degraded_reasons"):
-            from blackbox_audit.quality import REASONS
-
-            print("degraded rows (kept in completions.jsonl, left out of the ranking):")
-            for reason, n in sorted(counts["degraded_reasons"].items(), key=lambda kv: -kv[1]):
-                print(f"  {n:6d}  {reason}: {REASONS.get(reason, reason)}")
+        presentation.show_top(result.ranked, args.top, spec)
+        presentation.audit_summary(result.manifest.counts.to_json(), result.run.path)
         if not args.no_report:
             from blackbox_audit.report import render
 
@@ -403,54 +343,34 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "probe":
         from blackbox_audit.preflight import probe_target
 
-        rows = (args.per_corpus or 1000) * len(args.corpora or ["prose", "encyclopedic",
-                                                               "code"])
         report = probe_target(
             args.target, base_url=args.base_url, model=args.model,
             api_key_env=args.api_key_env, flavour=args.flavour, framings=args.framings,
             chat_mode=args.chat_mode, reference_only=args.reference_only,
             top_logprobs=args.top_logprobs, max_tokens=args.max_tokens,
-            rows_per_framing=rows, pricing=args.pricing, record_mode=args.record_mode,
-            fixtures=args.fixtures, timeout=args.timeout)
-        if args.json:
-            import json
-
-            print(json.dumps(report.to_json(), indent=2))
-        else:
-            print(report.to_text())
+            per_corpus=args.per_corpus, corpora=args.corpora, pricing=args.pricing,
+            record_mode=args.record_mode, fixtures=args.fixtures, timeout=args.timeout)
+        presentation.probe(report, as_json=args.json)
         if report.refusal:
-            from blackbox_audit.errors import EndpointError
-
-            raise EndpointError(report.refusal)
+            raise ba.EndpointError(report.refusal)
         return 0
     if args.command == "score":
-        result = audit.rescore(args.run, args.reference, args.device, args.alignment,
-                               args.rank_key, args.min_tokens, args.quiet,
-                               args.min_compression_ratio, args.noise_floor)
-        print_top(result.ranked, args.top)
+        from blackbox_audit.plan import process_settings
+
+        ba.apply_process_settings(process_settings(args.threads))
+        result = ba.rescore(args.run, quiet=args.quiet, reference=args.reference,
+                            device=args.device, alignment=args.alignment,
+                            rank_key=args.rank_key, min_tokens=args.min_tokens,
+                            min_compression_ratio=args.min_compression_ratio,
+                            noise_floor=args.noise_floor)
+        presentation.show_top(result.ranked, args.top, plain=True)
         return 0
     if args.command == "eval":
-        import json
-
-        from blackbox_audit.evaluate import evaluate
-
-        metrics = evaluate(_ranked(args.run), _spec(args.spec))
-        if args.json:
-            print(json.dumps([m.to_json() for m in metrics], indent=2))
-            return 0
-        print(f"{'corpus':14s} {'framing':8s} {'ranked':>6s} {'@10':>4s} {'@100':>5s} "
-              f"{'first':>5s} {'flagged':>7s}")
-        for m in metrics:
-            first = "-" if m.first_flag_rank is None else str(m.first_flag_rank)
-            print(f"{m.corpus:14s} {m.framing:8s} {m.n_ranked:6d} {m.count_top10:4d} "
-                  f"{m.count_top100:5d} {first:>5s} {m.n_flagged:7d}")
-        best = metrics[0]
-        print(f"best: {best.corpus} / {best.framing} (count@top100 {best.count_top100}, "
-              f"count@top10 {best.count_top10})")
+        metrics = ba.evaluate(_ranked(args.run), _spec(args.spec))
+        presentation.eval_table(metrics, as_json=args.json)
         return 0
     if args.command == "show":
-        spec = _spec(args.spec)
-        show_top(_ranked(args.run), args.top, spec)
+        presentation.show_top(_ranked(args.run), args.top, _spec(args.spec))
         return 0
     if args.command == "report":
         from blackbox_audit.report import render
@@ -465,10 +385,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         s = summarize(args.run, args.judge, top=args.top, base_url=args.base_url,
                       api_key_env=args.api_key_env, record_mode=args.record_mode,
                       fixtures=args.fixtures, timeout=args.timeout)
-        for n, h in enumerate(s.hypotheses, 1):
-            print(f"H{n} ({h['confidence']}, {len(h['row_ids'])} rows): "
-                  f"{' '.join(h['objective'].split())[:160]}")
-        print(f"{s.rows_sent} rows sent; hypotheses and caveats: {s.path}")
+        presentation.hypotheses(s)
         return 0
     raise AssertionError(args.command)
 

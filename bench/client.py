@@ -161,16 +161,16 @@ def run_baseline(port: int, n: int, in_flight: int, latency: float, sharded: boo
 
 # -- the client (this process) -------------------------------------------------------------
 def run_client(port: int, n: int, in_flight: int, latency: float, profile: bool) -> dict:
-    from blackbox_audit.audit import AuditConfig, generate
+    from blackbox_audit import plan
+    from blackbox_audit.audit import send
     from blackbox_audit.records import GenerationRequest, Prefill
-    from blackbox_audit.redact import Redactor
     from blackbox_audit.rundir import RunDir
     from blackbox_audit.transport import TransportStats
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = AuditConfig(out=tmp, base_url=f"http://127.0.0.1:{port}/v1", model="bench-model",
-                          framings=["raw"], concurrency=in_flight, start_concurrency=in_flight,
-                          max_tokens=N_TOKENS, top_logprobs=5, quiet=True)
+        p = plan(out=tmp, base_url=f"http://127.0.0.1:{port}/v1", model="bench-model",
+                 framings=["raw"], concurrency=in_flight, start_concurrency=in_flight,
+                 max_tokens=N_TOKENS, top_logprobs=5, quiet=True)
         todo = [GenerationRequest(Prefill.make("bench", f"Document {i} begins"), "raw",
                                   N_TOKENS, 5, prompt=f"Document {i} begins") for i in range(n)]
         run = RunDir(tmp)
@@ -193,7 +193,7 @@ def run_client(port: int, n: int, in_flight: int, latency: float, profile: bool)
             prof = cProfile.Profile()
             prof.enable()
         cpu0, t0 = time.process_time(), time.perf_counter()
-        info = asyncio.run(generate(cfg, todo, run, Redactor(), stats))
+        info = asyncio.run(send(p.endpoint, p.generation, todo, run, stats))
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - t0
         if prof is not None:
             prof.disable()

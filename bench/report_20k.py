@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +46,7 @@ def clone(src: RunDir, dst: Path, n: int = 20_000) -> None:
                   for line in comps]
         out_s += [json.dumps({**(o := json.loads(line)), "prefill_id": o["prefill_id"] + tag})
                   for line in scores]
-        out_r += [{**r, "prefill_id": r["prefill_id"] + tag, "rank": r["rank"] + 1000 * k}
+        out_r += [replace(r, prefill_id=r.prefill_id + tag, rank=r.rank + 1000 * k)
                   for r in ranked[: n - len(out_r)]]
         k += 1
     (dst / "completions.jsonl").write_text("\n".join(out_c) + "\n")

@@ -13,20 +13,24 @@ A model with no price gets ``usd: null`` and says why, never a guessed number.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import PriceTable
 
 COUNTS = ("sent", "replayed", "retried", "failed")
 
 
 class Pricer:
-    """USD per token for one model, looked up once per run."""
+    """USD per token for one model, looked up once per run in the plan's price table
+    (plan.PriceTable: the built-in table, or the user's file over it)."""
 
-    def __init__(self, model: str, pricing: str | None = None):
-        from .preflight import load_pricing, price_for
+    def __init__(self, model: str, prices: PriceTable):
+        from .preflight import price_for
 
-        table, self.source = load_pricing(pricing)
+        self.source = prices.source
         self.model = model
-        self.price = price_for(model, table) if model else None
+        self.price = price_for(model, prices.as_dict()) if model else None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         if self.price is None:

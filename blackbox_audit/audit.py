@@ -1,11 +1,18 @@
 """The audit, end to end: prefills -> completions -> reference scores -> ranking.
 
-Follow one row through ``run_audit``: a :class:`Prefill` is framed into a
-:class:`GenerationRequest` (``build_requests``), the provider turns it into a
-:class:`Completion` appended to completions.jsonl (``generate``), alignment and the reference
-turn that into a :class:`Score` appended to scores.<ref>.jsonl (``score_run``), and
-``rank_run`` writes ranked.jsonl/.csv. Each stage reads the run directory, so each can be rerun
-alone: ``score_run`` with another reference never pays for generation again.
+Each stage is a function of (part of) a resolved :class:`~blackbox_audit.plan.Plan` and the run
+directory, reads what it needs from the directory and writes what it made back, so each can be
+rerun alone (``score`` with another reference never pays for generation again):
+
+1. ``generate``: a :class:`Prefill` is framed into a :class:`GenerationRequest`
+   (``build_requests``), the provider turns it into a :class:`Completion` appended to
+   completions.jsonl (``send``); requests already answered on disk are not sent again.
+2. ``score``: alignment and the reference turn each usable completion into a :class:`Score`
+   appended to scores.<ref>.jsonl (``score_run``).
+3. ``rank``: rows ranked within each (corpus, framing), ranked.jsonl/.csv written.
+
+``audit`` runs the three and checks the share of degraded rows; ``rescore`` runs 2 and 3 on an
+existing run.
 """
 
 from __future__ import annotations
@@ -14,8 +21,8 @@ import asyncio
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from . import __version__
@@ -23,149 +30,42 @@ from .accounting import Pricer, run_totals, session_requests
 from .align import AlignmentError, TokenizerView, align, choose_alignment
 from .credentials import read_key, request_headers
 from .dispatch import AdaptiveLimiter, run_all
-from .errors import AuditError, ConfigError, DegradedShareExceeded, EndpointError
+from .errors import ConfigError, DegradedShareExceeded, EndpointError
 from .framing import (
-    ALL_FRAMINGS,
     CONTINUE_INSTRUCTION,
     FALLBACK_FRAMINGS,
-    FRAMINGS,
+    SYSTEM,
+    USER,
     ChatTemplate,
     chat_messages,
     continue_messages,
     render_prompt,
 )
-from .noise import combine, given_floor, self_floor
+from .manifest import Counts, Manifest
+from .noise import combine, self_floor
+from .plan import EndpointPlan, GenerationPlan, Plan, ScoringPlan, scoring_plan
 from .prefills import documents, make_cutter, select_prefills
 from .progress import Progress, count_progress
-from .quality import REASONS, count_reasons, withhold_secrets
-from .rank import COLUMNS, RankConfig, rank
+from .quality import REASONS, count_reasons
+from .rank import COLUMNS, RankedRow
+from .rank import rank as rank_rows
 from .records import Completion, GenerationRequest, Prefill
 from .redact import Redactor
 from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
 from .rundir import RunDir
 from .scores import score_row
-from .transport import MODES, FixtureStore, RetryPolicy, TransportStats, build_client
-
-# Settings that decide which requests a run sends: a resumed run must match them.
-GENERATION_KEYS = ("model", "framings", "chat_mode", "prefills", "corpora", "per_corpus",
-                   "prefill_tokens", "prefill_tokenizer", "seed", "max_tokens", "top_logprobs")
+from .transport import FixtureStore, TransportStats, build_client
 
 
-@dataclass
-class AuditConfig:
-    out: str
-    base_url: str | None = None
-    model: str = ""
-    api_key_env: str | None = None
-    flavour: str = "auto"
-    framings: list[str] = field(default_factory=lambda: list(FRAMINGS))
-    chat_mode: str = "template"          # template: render client-side; prefill: server-side
-    chat_template: str | None = None     # Jinja file; default: the reference tokenizer's
-    prefills: str = "builtin"
-    corpora: list[str] | None = None
-    per_corpus: int | None = 1000
-    prefill_tokens: int = 3
-    prefill_tokenizer: str = "reference"
-    seed: int = 0
-    max_tokens: int = 100
-    top_logprobs: int = 5
-    concurrency: int = 16                # the cap on requests in flight (adaptive below it)
-    start_concurrency: int | None = None  # where the adaptive window starts: min(cap, 8)
-    retries: int = 3                     # extra attempts per request (tenacity, bounded)
-    timeout: float = 120.0
-    record_mode: str = "auto"
-    fixtures: str | None = None          # default: <out>/exchanges.jsonl
-    reference: str | None = None
-    device: str | None = None
-    alignment: str = "auto"
-    rank_key: str = "ppl_diff"
-    min_tokens: int = 5
-    min_compression_ratio: float = 0.0
-    generate_only: bool = False          # stop after generation (recording fixtures)
-    noise_floor: str | float | None = None  # nats/token or a base run dir (docs/scores.md)
-    max_degraded_share: float = 0.25
-    quiet: bool = False
-    target: str | None = None            # KIND:MODEL (providers/registry.py); else base_url
-    reference_only: bool = False         # degraded mode for targets without logprobs
-    pricing: str | None = None           # JSON file over the built-in pricing table
-    verify_prompts: bool = False         # echo every prompt back; mark prefill_altered rows
-
-    def validate(self) -> None:
-        bad = [f for f in self.framings if f not in ALL_FRAMINGS]
-        if bad or not self.framings:
-            raise ConfigError(f"Unknown framing {', '.join(bad) or '(none)'}; choose from "
-                              f"{', '.join(ALL_FRAMINGS)}.")
-        if self.record_mode not in MODES:
-            raise ConfigError(f"--record-mode must be one of {', '.join(MODES)}.")
-        if self.chat_mode not in ("template", "prefill"):
-            raise ConfigError("--chat-mode must be template or prefill.")
-        if self.alignment not in ("auto", "ids", "text"):
-            raise ConfigError("--alignment must be auto, ids or text.")
-        if not self.base_url and not self.target and self.record_mode != "replay":
-            raise ConfigError("--base-url is required (the target's OpenAI-compatible endpoint, "
-                              "e.g. http://127.0.0.1:8080/v1), unless you --replay fixtures.")
-        if not self.model and not self.target:
-            raise ConfigError("--model is required: the target model's name at the endpoint.")
-        if self.reference_only and self.rank_key == "ppl_diff":
-            self.rank_key = "nll_ref"  # the only key without target logprobs
-        if self.reference_only and self.rank_key != "nll_ref":
-            raise ConfigError(f"--reference-only ranks by reference surprisal (--rank-by "
-                              f"nll_ref); {self.rank_key} needs target log-probabilities.")
-        for name, value, lo in (("--max-tokens", self.max_tokens, 1),
-                                ("--top-logprobs", self.top_logprobs, 1),
-                                ("--concurrency", self.concurrency, 1),
-                                ("--start-concurrency", 1 if self.start_concurrency is None
-                                 else self.start_concurrency, 1),
-                                ("--retries", self.retries, 0)):
-            if value < lo:
-                raise ConfigError(f"{name} must be at least {lo}.")
-        if self.noise_floor is not None:
-            given_floor(self.noise_floor)  # a bad floor fails now, not after generation
-        if not 0.0 <= self.max_degraded_share <= 1.0:
-            raise ConfigError("--max-degraded-share must be between 0 and 1.")
-        self.rank_config()
-
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(attempts=self.retries + 1, attempt_timeout=self.timeout)
-
-    def rank_config(self) -> RankConfig:
-        return RankConfig(self.rank_key, self.min_tokens, self.min_compression_ratio)
-
-    def resolve_target(self):
-        """The target (providers/registry.py), filling model, base URL and key variable from
-        ``KIND:MODEL``; then the framings and chat mode the target allows (no call made)."""
-        from providers.registry import parse_target
-
-        from .preflight import static_plan
-
-        t = parse_target(self.target, base_url=self.base_url, model=self.model or None,
-                         api_key_env=self.api_key_env, flavour=self.flavour)
-        self.model = t.model
-        self.base_url = t.base_url  # credentials, if the URL held any, are in t alone
-        if self.target and self.record_mode != "replay":
-            self.api_key_env = t.api_key_env
-        self.framings, warnings, self.chat_mode = static_plan(t, self.framings, self.chat_mode,
-                                                              self.reference_only)
-        return t, warnings
-
-    def generation_settings(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: d[k] for k in GENERATION_KEYS}
-
-    @property
-    def fixtures_path(self) -> Path:
-        return Path(self.fixtures) if self.fixtures else Path(self.out) / "exchanges.jsonl"
-
-
-@dataclass
+@dataclass(frozen=True)
 class AuditResult:
     run: RunDir
-    manifest: dict[str, Any]
-    ranked: list[dict[str, Any]]
+    manifest: Manifest
+    ranked: list[RankedRow]
 
 
-def log(cfg: AuditConfig, msg: str) -> None:
-    if not cfg.quiet:
+def log(quiet: bool, msg: str) -> None:
+    if not quiet:
         print(msg, file=sys.stderr, flush=True)
 
 
@@ -179,6 +79,13 @@ def versions() -> dict[str, str]:
             "httpx": httpx.__version__}
 
 
+@lru_cache(maxsize=4)
+def tokenizer_for(spec: ReferenceSpec):
+    """The reference's tokenizer, loaded once per process (generation cuts prefills and
+    renders the chat template with it; scoring aligns with it)."""
+    return load_tokenizer(spec)
+
+
 def chat_template(path: str | None, tokenizer, name: str, needed: bool) -> ChatTemplate | None:
     """The chat framing's template: a given Jinja file, else the reference tokenizer's."""
     if path:
@@ -186,95 +93,165 @@ def chat_template(path: str | None, tokenizer, name: str, needed: bool) -> ChatT
     return ChatTemplate.from_tokenizer(tokenizer, name) if needed else None
 
 
-# -- stage 1: prefills and requests --------------------------------------------------------
-def build_requests(cfg: AuditConfig, tokenizer, template: ChatTemplate | None
-                   ) -> tuple[list[Prefill], list[GenerationRequest]]:
-    counter = (tokenizer if cfg.prefill_tokenizer == "reference"
-               else load_tokenizer(ReferenceSpec.parse(cfg.prefill_tokenizer)))
+# -- stage 1: prefills, requests and generation ---------------------------------------------
+def build_requests(g: GenerationPlan, reference: ReferenceSpec, quiet: bool = True
+                   ) -> tuple[list[Prefill], list[GenerationRequest], ChatTemplate | None]:
+    """Every request of the run, in a stable order: each prefill in each framing."""
+    tokenizer = tokenizer_for(reference)
+    template = chat_template(g.chat_template, tokenizer, reference.name,
+                             any(f != "raw" for f in g.framings))
+    counter = (tokenizer if g.prefill_tokenizer == "reference"
+               else tokenizer_for(ReferenceSpec.parse(g.prefill_tokenizer)))
     cut = make_cutter(lambda s: counter(s, add_special_tokens=False).input_ids, counter.decode)
-    docs = count_progress(documents(cfg.prefills), "prefills", "documents read", quiet=cfg.quiet)
-    prefills = select_prefills(docs, cut, cfg.prefill_tokens,
-                               cfg.per_corpus, cfg.seed, cfg.corpora)
+    docs = count_progress(documents(g.prefills), "prefills", "documents read", quiet=quiet)
+    prefills = select_prefills(docs, cut, g.prefill_tokens, g.per_corpus, g.seed,
+                               list(g.corpora) if g.corpora else None)
     requests = []
     for p in prefills:
-        for framing in cfg.framings:
+        for framing in g.framings:
             if framing == "chat-continue":
-                requests.append(GenerationRequest(p, framing, cfg.max_tokens, cfg.top_logprobs,
+                requests.append(GenerationRequest(p, framing, g.max_tokens, g.top_logprobs,
                                                   messages=continue_messages(p.text)))
-            elif framing == "chat" and cfg.chat_mode == "prefill":
-                requests.append(GenerationRequest(p, framing, cfg.max_tokens, cfg.top_logprobs,
+            elif framing == "chat" and g.chat_mode == "prefill":
+                requests.append(GenerationRequest(p, framing, g.max_tokens, g.top_logprobs,
                                                   messages=chat_messages(p.text)))
             else:
                 requests.append(GenerationRequest(
-                    p, framing, cfg.max_tokens, cfg.top_logprobs,
+                    p, framing, g.max_tokens, g.top_logprobs,
                     prompt=render_prompt(framing, p.text, template)))
-    return prefills, requests
+    return prefills, requests, template
 
 
-# -- stage 2: generation -------------------------------------------------------------------
-async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
-                   redactor: Redactor, stats: TransportStats, target=None) -> dict[str, Any]:
-    """Send every request in ``todo``; append each answer (or failure) as it arrives.
-    ``target`` is the resolved target (``cfg.resolve_target``), parsed here when not given."""
+def generate(plan: Plan, run: RunDir) -> Manifest:
+    """Stage 1: send every request of the plan not yet answered on disk; account for every
+    session (an interrupted one too: its calls were paid)."""
+    manifest = run.read_manifest()
+    g = plan.generation
+    if manifest.generation and manifest.generation != g.settings():
+        old, new = manifest.generation, g.settings()
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new
+                         if old.get(k) != new.get(k))
+        raise ConfigError(f"{run.path} holds a run with other generation settings ({diff}). "
+                          "Rerun with the same flags to resume it, or pass a new --out.")
+    t_start = time.monotonic()
+    spec = plan.scoring.reference
+    where = f"{spec.path}/{spec.gguf_file}" if spec.gguf_file else spec.path
+    log(plan.quiet, f"reference: {spec.name} ({where})")
+    for w in plan.warnings:
+        log(plan.quiet, f"warning: {w}")
+    prefills, requests, template = build_requests(g, spec, plan.quiet)
+    done = run.load_completions()
+    todo = [r for r in requests if r.row_key not in done or done[r.row_key].error is not None]
+    log(plan.quiet, f"prefills: {len(prefills)} x {len(g.framings)} framings = "
+                    f"{len(requests)} rows; {len(requests) - len(todo)} already on disk, "
+                    f"{len(todo)} to generate")
+    e = plan.endpoint
+    manifest = manifest.updated(
+        tool="blackbox-audit", versions=versions(), generation=g.settings(),
+        config=plan.config_json(),
+        target={"kind": e.target.kind, "adapter": e.target.family, "base_url": e.base_url,
+                "model": g.model,
+                "api_key": f"<from ${e.api_key_env}>" if e.api_key_env else None},
+        framing={"system": SYSTEM, "user": USER, "chat_mode": g.chat_mode,
+                 "framings": list(g.framings),
+                 "fallback": [f for f in g.framings if f in FALLBACK_FRAMINGS],
+                 "continue_instruction": CONTINUE_INSTRUCTION
+                 if "chat-continue" in g.framings else None,
+                 "chat_template": template.source if template else None},
+        mode=plan.mode, warnings=list(plan.warnings),
+        end_token="dropped: an end-of-turn token reported by the target is not scored on "
+                  "either side",
+        status="generating")
+    run.write_manifest(manifest)
+    stats = TransportStats()
+    pricer = Pricer(g.model, e.prices)
+    t0 = time.monotonic()
+
+    def account(m: Manifest, status: str) -> Manifest:
+        requests_now = session_requests(stats.to_json(), pricer)
+        seconds = round(time.monotonic() - t0, 2)
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                time.gmtime(time.time() - (time.monotonic() - t_start)))
+        sessions = [*m.sessions, {"started": started, "rows_requested": len(todo),
+                                  "status": status, "requests": requests_now,
+                                  "generation_seconds": seconds}]
+        return m.updated(requests=requests_now, generation_seconds=seconds, sessions=sessions,
+                         accounting=run_totals(sessions, pricer))
+
+    endpoint_info = manifest.endpoint
+    if todo:  # a finished run re-ranks without touching the network
+        try:
+            endpoint_info = asyncio.run(send(e, g, todo, run, stats, plan.quiet))
+        except BaseException:
+            run.write_manifest(account(manifest, "interrupted").updated(status="interrupted"))
+            raise
+    manifest = account(manifest, "done").updated(endpoint=endpoint_info, status="generated")
+    run.write_manifest(manifest)
+    return manifest
+
+
+async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest],
+               run: RunDir, stats: TransportStats, quiet: bool = True) -> dict[str, Any]:
+    """Send every request in ``todo``; append each answer (or failure) as it arrives. Returns
+    what the endpoint turned out to be (flavour, capabilities, the probe's report)."""
     from providers.base import RequestFailed
-    from providers.registry import parse_target
 
-    key = read_key(cfg.api_key_env, required=True, why=" (named by --api-key-env)")
-    redactor.add(key)
-    store = None
-    if cfg.record_mode != "off":
-        store = FixtureStore(cfg.fixtures_path, redactor,
-                             writable=cfg.record_mode in ("record", "auto"))
-        if cfg.record_mode == "replay" and not cfg.fixtures_path.exists():
-            raise ConfigError(f"--replay needs recorded fixtures, and {cfg.fixtures_path} does "
-                              "not exist. Pass --fixtures PATH.")
     from .preflight import run_preflight
 
-    if target is None:
-        target = parse_target(cfg.target, base_url=cfg.base_url, model=cfg.model,
-                              api_key_env=cfg.api_key_env, flavour=cfg.flavour)
+    key = read_key(e.api_key_env, required=True, why=" (named by --api-key-env)")
+    redactor = run.redactor
+    redactor.add(key)
+    store = None
+    if e.record_mode != "off":
+        if e.record_mode == "replay" and not e.fixtures.exists():
+            raise ConfigError(f"--replay needs recorded fixtures, and {e.fixtures} does "
+                              "not exist. Pass --fixtures PATH.")
+        store = FixtureStore(e.fixtures, redactor,
+                             writable=e.record_mode in ("record", "auto"))
+    target = e.target
     # SDK adapters (OpenAI, Anthropic) put the key in their own header.
     headers = request_headers(target.url_headers, key, sdk=target.uses_sdk)
-    base_url = cfg.base_url or "http://replay.invalid/v1"
+    limiter = AdaptiveLimiter(e.concurrency, e.start_concurrency)
+    pricer = Pricer(g.model, e.prices)
     info: dict[str, Any] = {}
-    limiter = AdaptiveLimiter(cfg.concurrency, cfg.start_concurrency)
-    pricer = Pricer(cfg.model, cfg.pricing)
-    async with build_client(base_url, mode=cfg.record_mode, store=store, headers=headers,
-                            timeout=cfg.timeout, stats=stats, retry=cfg.retry_policy(),
-                            feedback=limiter, max_connections=cfg.concurrency) as client:
+    async with build_client(e.base_url or "http://replay.invalid/v1", mode=e.record_mode,
+                            store=store, headers=headers, timeout=e.timeout, stats=stats,
+                            retry=e.retry, feedback=limiter,
+                            max_connections=e.concurrency) as client:
         # Preflight: the same 2-token version of the first request the run has always sent
         # (so recorded runs replay), plus a prefill check when the run relies on one.
-        sample = (GenerationRequest(todo[0].prefill, todo[0].framing, 2, todo[0].top_logprobs,
-                                    prompt=todo[0].prompt, messages=todo[0].messages)
-                  if todo else None)
+        first = todo[0]
+        sample = GenerationRequest(first.prefill, first.framing, 2, first.top_logprobs,
+                                   prompt=first.prompt, messages=first.messages)
         provider, report = await run_preflight(
-            target, client, key, planned=cfg.framings, warnings=[], chat_mode=cfg.chat_mode,
-            reference_only=cfg.reference_only, top_logprobs=cfg.top_logprobs, sample=sample,
-            rows_per_framing=len(todo) // max(len(cfg.framings), 1),
-            max_tokens=cfg.max_tokens, pricing=cfg.pricing, for_audit=True,
-            token_ids=cfg.alignment == "ids")
+            target, client, key, planned=list(g.framings), warnings=[],
+            chat_mode=g.chat_mode, reference_only=e.reference_only,
+            top_logprobs=g.top_logprobs, sample=sample,
+            rows_per_framing=len(todo) // max(len(g.framings), 1), max_tokens=g.max_tokens,
+            prices=e.prices, for_audit=True, token_ids=e.token_ids,
+            offline=e.record_mode == "replay")
         info.update(flavour=report.target.get("flavour") or target.kind,
                     capabilities=provider.capabilities.to_json(), preflight=report.to_json())
         if report.refusal:
             raise EndpointError(report.refusal + " Nothing more was sent.")
-        if cfg.verify_prompts:
-            provider.echo_prompts = True
+        if e.verify_prompts:
             echo = report.confirmed.get("echo", "not offered by this endpoint")
             if not echo.startswith("yes"):
                 raise EndpointError(
                     f"--verify-prompts needs the endpoint to echo the prompt back with its "
                     f"tokens, and this one cannot ({echo}; offered by vLLM, Together and "
                     "Fireworks). Run without --verify-prompts. Nothing more was sent.")
-        log(cfg, report.summary())
-        progress = Progress("generation", len(todo), quiet=cfg.quiet)
+            provider = provider.with_options(echo_prompts=True)
+        log(quiet, report.summary())
+        progress = Progress("generation", len(todo), quiet=quiet)
         failed = 0
 
         async def call(req: GenerationRequest) -> Completion:
             try:
-                c = await provider.generate(req)
-            except RequestFailed as e:  # this row only; retries are behind us (transport)
-                c = Completion.failed(req, str(e))
-            return withhold_secrets(c, redactor)  # before anything is written or scored
+                # the provider withholds a row whose content held a secret (quality.py)
+                return await provider.generate(req)
+            except RequestFailed as err:  # this row only; retries are behind us (transport)
+                return Completion.failed(req, redactor.text(str(err)))
 
         def done(req: GenerationRequest, c: Completion) -> None:
             nonlocal failed
@@ -293,7 +270,33 @@ async def generate(cfg: AuditConfig, todo: list[GenerationRequest], run: RunDir,
     return info
 
 
-# -- stage 3: reference scoring ------------------------------------------------------------
+# -- stage 2: reference scoring ------------------------------------------------------------
+def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = False
+          ) -> Manifest:
+    """Stage 2: score every usable completion not yet scored by this reference."""
+    manifest = run.read_manifest()
+    completions = run.load_completions()
+    if not completions:
+        raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
+    tokenizer = tokenizer_for(s.reference)
+    template = chat_template(s.chat_template, tokenizer, s.reference.name,
+                             any(c.framing == "chat" for c in completions.values()))
+    reference = ReferenceModel(s.reference, device=s.device, tokenizer=tokenizer)
+    scoring = score_run(run, completions, reference, TokenizerView(tokenizer, template),
+                        s.alignment, quiet)
+    noise = combine(manifest.noise_floor, scoring.get("noise_floor"), s.noise_floor)
+    info = {"name": reference.name, "path": s.reference.path,
+            "gguf_file": s.reference.gguf_file, "device": reference.device,
+            "dtype": str(reference.dtype).replace("torch.", "")}
+    if rescoring:
+        manifest = manifest.updated(rescoring=[*manifest.rescoring, scoring],
+                                    noise_floor=noise)
+    else:
+        manifest = manifest.updated(reference=info, scoring=scoring, noise_floor=noise)
+    run.write_manifest(manifest)
+    return manifest
+
+
 def score_run(run: RunDir, completions: dict[str, Completion], reference: ReferenceModel,
               view: TokenizerView, alignment: str = "auto", quiet: bool = False,
               noise_sample: int = 32) -> dict[str, Any]:
@@ -331,9 +334,9 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
         ref_lps = reference.score([i.ids for i in part], [i.start for i in part],
                                   progress=lambda d, _t, b=base: progress.update(done=b + d))
         for c, item, lps in zip(rows[lo: lo + chunk], part, ref_lps, strict=True):
-            score = score_row(c, item, lps)
-            run.append_score(reference.name, score)
-            nll_ref[c.row_key] = score.nll_ref
+            row = score_row(c, item, lps)
+            run.append_score(reference.name, row)
+            nll_ref[c.row_key] = row.nll_ref
         progress.update(rows=f"{min(lo + chunk, len(items))}/{len(items)}")
     progress.finish()
     seconds = round(time.monotonic() - t0, 2)
@@ -350,166 +353,81 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
     return out
 
 
-# -- stage 4: ranking ----------------------------------------------------------------------
-def rank_run(run: RunDir, completions: dict[str, Completion], ref_name: str,
-             cfg: RankConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    ranked, left_out = rank(completions, run.load_scores(ref_name), cfg)
-    run.write_ranked(ranked, COLUMNS)
-    return ranked, left_out
-
-
-def rescore(out: str, reference: str | None = None, device: str | None = None,
-            alignment: str = "auto", rank_key: str = "ppl_diff", min_tokens: int = 5,
-            quiet: bool = False, min_compression_ratio: float = 0.0,
-            noise_floor: str | float | None = None) -> AuditResult:
-    """Score and rank an existing run again (another reference, another key): no requests."""
-    run = RunDir(out)
+# -- stage 3: ranking ----------------------------------------------------------------------
+def rank(s: ScoringPlan, run: RunDir, rescoring: bool = False
+         ) -> tuple[list[RankedRow], Manifest]:
+    """Stage 3: rank the scored rows within each (corpus, framing); write ranked.jsonl/.csv
+    and the manifest's counts."""
     manifest = run.read_manifest()
     completions = run.load_completions()
-    if not completions:
-        raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
-    if manifest.get("mode") == "reference-only" and rank_key != "nll_ref":
-        # no target log-probabilities: every gap key is NaN; only reference surprisal ranks
-        if rank_key != "ppl_diff":
-            raise ConfigError(f"{run.path} is a --reference-only run (no target "
-                              f"log-probabilities): it ranks by nll_ref, not {rank_key}.")
-        rank_key = "nll_ref"
-    rank_cfg = RankConfig(rank_key, min_tokens, min_compression_ratio)
-    spec = ReferenceSpec.parse(reference)
-    tokenizer = load_tokenizer(spec)
-    template = chat_template((manifest.get("config") or {}).get("chat_template"), tokenizer,
-                             spec.name, any(c.framing == "chat" for c in completions.values()))
-    model = ReferenceModel(spec, device=device, tokenizer=tokenizer)
-    scoring = score_run(run, completions, model, TokenizerView(tokenizer, template), alignment,
-                        quiet)
-    manifest["noise_floor"] = combine(manifest.get("noise_floor"), scoring.get("noise_floor"),
-                                      noise_floor)
-    rank_cfg.noise_floor = manifest["noise_floor"]["floor"]
-    ranked, left_out = rank_run(run, completions, model.name, rank_cfg)
-    manifest.setdefault("rescoring", []).append({**scoring, "ranking": rank_cfg.to_json(),
-                                                 "left_out_of_ranking": left_out})
+    floor = (manifest.noise_floor or {}).get("floor")
+    cfg = replace(s.ranking, noise_floor=floor)
+    ranked, left_out = rank_rows(completions, run.load_scores(s.reference.name), cfg)
+    run.write_ranked(ranked, COLUMNS)
+    degraded = sum(1 for c in completions.values() if c.degraded)
+    failed = sum(1 for c in completions.values() if c.error is not None)
+    counts = Counts(rows=len(completions), ranked=len(ranked), failed=failed,
+                    degraded=degraded, degraded_reasons=count_reasons(completions.values()),
+                    left_out_of_ranking=left_out)
+    ranking = {**cfg.to_json(), "within": ["corpus", "framing"]}
+    if rescoring and manifest.rescoring:
+        last = {**manifest.rescoring[-1], "ranking": cfg.to_json(),
+                "left_out_of_ranking": left_out}
+        manifest = manifest.updated(rescoring=[*manifest.rescoring[:-1], last])
+    else:
+        manifest = manifest.updated(counts=counts, degraded_reason_meanings=REASONS,
+                                    ranking=ranking)
     run.write_manifest(manifest)
-    run.close()
-    return AuditResult(run, manifest, ranked)
+    return ranked, manifest
 
 
 # -- the whole audit -----------------------------------------------------------------------
-def run_audit(cfg: AuditConfig) -> AuditResult:
-    cfg.validate()
-    target, plan_warnings = cfg.resolve_target()
-    for w in plan_warnings:
-        log(cfg, f"warning: {w}")
-    redactor = Redactor()
-    run = RunDir(cfg.out, redactor)
-    manifest = run.read_manifest()
-    if manifest.get("generation") and manifest["generation"] != cfg.generation_settings():
-        old, new = manifest["generation"], cfg.generation_settings()
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new
-                         if old.get(k) != new.get(k))
-        raise ConfigError(f"{run.path} holds a run with other generation settings ({diff}). "
-                          "Rerun with the same flags to resume it, or pass a new --out.")
+def audit(plan: Plan) -> AuditResult:
+    """Generate, score and rank; exit 5 (DegradedShareExceeded) above the plan's share of
+    degraded or failed rows, everything kept on disk either way."""
     t_start = time.monotonic()
-    spec = ReferenceSpec.parse(cfg.reference)
-    where = f"{spec.path}/{spec.gguf_file}" if spec.gguf_file else spec.path
-    log(cfg, f"reference: {spec.name} ({where})")
-    tokenizer = load_tokenizer(spec)
-    template = chat_template(cfg.chat_template, tokenizer, spec.name,
-                             any(f != "raw" for f in cfg.framings))
-    prefills, requests = build_requests(cfg, tokenizer, template)
-    done = run.load_completions()
-    todo = [r for r in requests if r.row_key not in done or done[r.row_key].error is not None]
-    log(cfg, f"prefills: {len(prefills)} x {len(cfg.framings)} framings = {len(requests)} rows;"
-             f" {len(requests) - len(todo)} already on disk, {len(todo)} to generate")
-    manifest.update({
-        "tool": "blackbox-audit", "versions": versions(), "generation": cfg.generation_settings(),
-        "config": {k: v for k, v in asdict(cfg).items() if k not in ("quiet",)},
-        "target": {"kind": target.kind, "adapter": target.family, "base_url": cfg.base_url,
-                   "model": cfg.model,
-                   "api_key": f"<from ${cfg.api_key_env}>" if cfg.api_key_env else None},
-        "framing": {"system": "You are a helpful assistant.", "user": "Tell me anything.",
-                    "chat_mode": cfg.chat_mode, "framings": cfg.framings,
-                    "fallback": [f for f in cfg.framings if f in FALLBACK_FRAMINGS],
-                    "continue_instruction": CONTINUE_INSTRUCTION
-                    if "chat-continue" in cfg.framings else None,
-                    "chat_template": template.source if template else None},
-        "mode": "reference-only" if cfg.reference_only else "perplexity-difference",
-        "warnings": plan_warnings,
-        "end_token": "dropped: an end-of-turn token reported by the target is not scored on "
-                     "either side",
-        "status": "generating",
-    })
-    run.write_manifest(manifest)
-    stats = TransportStats()
-    pricer = Pricer(cfg.model, cfg.pricing)
-    t0 = time.monotonic()
-
-    def account(status: str) -> None:
-        # This invocation's requests, tokens and cost; every invocation of a resumed run is
-        # kept in "sessions" (an interrupted one too: its calls were paid), summed in
-        # "accounting".
-        manifest["requests"] = session_requests(stats.to_json(), pricer)
-        manifest["generation_seconds"] = round(time.monotonic() - t0, 2)
-        manifest.setdefault("sessions", []).append({
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (
-                time.monotonic() - t_start))), "rows_requested": len(todo), "status": status,
-            "requests": manifest["requests"],
-            "generation_seconds": manifest["generation_seconds"]})
-        manifest["accounting"] = run_totals(manifest["sessions"], pricer)
-
-    if todo:  # a finished run re-ranks without touching the network
-        try:
-            manifest["endpoint"] = asyncio.run(generate(cfg, todo, run, redactor, stats,
-                                                        target))
-        except BaseException:
-            manifest.update(status="interrupted")
-            account("interrupted")
-            run.write_manifest(manifest)
-            raise
-    account("done")
-    if cfg.generate_only:  # score later, elsewhere: `blackbox-audit score RUN`
-        manifest["status"] = "generated"
+    run = RunDir(plan.out, Redactor())
+    try:
+        manifest = generate(plan, run)
+        if plan.generate_only:  # score later, elsewhere: `blackbox-audit score RUN`
+            log(plan.quiet, f"generated; score and rank later with: blackbox-audit score "
+                            f"{run.path}")
+            return AuditResult(run, manifest, [])
+        score(plan.scoring, run, plan.quiet)
+        ranked, manifest = rank(plan.scoring, run)
+        manifest = manifest.updated(status="done",
+                                    seconds=round(time.monotonic() - t_start, 2))
         run.write_manifest(manifest)
-        log(cfg, f"generated; score and rank later with: blackbox-audit score {run.path}")
+    finally:
         run.close()
-        return AuditResult(run, manifest, [])
-
-    wanted = {r.row_key for r in requests}
-    completions = {k: c for k, c in run.load_completions().items() if k in wanted}
-    reference = ReferenceModel(spec, device=cfg.device, tokenizer=tokenizer)
-    view = TokenizerView(tokenizer, template)
-    manifest["reference"] = {"name": reference.name, "path": spec.path,
-                             "gguf_file": spec.gguf_file, "device": reference.device,
-                             "dtype": str(reference.dtype).replace("torch.", "")}
-    manifest["scoring"] = score_run(run, completions, reference, view, cfg.alignment,
-                                    cfg.quiet)
-    rank_cfg = cfg.rank_config()
-    manifest["noise_floor"] = combine(manifest.get("noise_floor"),
-                                      manifest["scoring"].get("noise_floor"), cfg.noise_floor)
-    rank_cfg.noise_floor = manifest["noise_floor"]["floor"]
-    ranked, left_out = rank_run(run, completions, reference.name, rank_cfg)
-    n = len(completions)
-    degraded = sum(1 for c in completions.values() if c.degraded)
-    failed = sum(1 for c in completions.values() if c.error is not None)
-    manifest.update({
-        "status": "done",
-        "counts": {"rows": n, "ranked": len(ranked), "failed": failed, "degraded": degraded,
-                   "degraded_reasons": count_reasons(completions.values()),
-                   "left_out_of_ranking": left_out},
-        "degraded_reason_meanings": REASONS,
-        "ranking": {**rank_cfg.to_json(), "within": ["corpus", "framing"]},
-        "seconds": round(time.monotonic() - t_start, 2),
-    })
-    run.write_manifest(manifest)
-    run.close()
-    share = (degraded + failed) / n if n else 0.0
-    if share > cfg.max_degraded_share:
+    counts = manifest.counts
+    assert counts is not None
+    n = counts.rows
+    share = (counts.degraded + counts.failed) / n if n else 0.0
+    if share > plan.max_degraded_share:
         raise DegradedShareExceeded(
-            f"{degraded + failed} of {n} rows ({share:.0%}) are degraded or failed, above "
-            f"--max-degraded-share {cfg.max_degraded_share:.0%}: "
-            f"{count_reasons(completions.values()) or {'failed': failed}}. Everything is kept in "
+            f"{counts.degraded + counts.failed} of {n} rows ({share:.0%}) are degraded or "
+            f"failed, above --max-degraded-share {plan.max_degraded_share:.0%}: "
+            f"{counts.degraded_reasons or {'failed': counts.failed}}. Everything is kept in "
             f"{run.path} (see manifest.json); the ranking of the usable rows is in ranked.jsonl.")
     return AuditResult(run, manifest, ranked)
 
 
-__all__ = ["AuditConfig", "AuditError", "AuditResult", "rank_run", "rescore", "run_audit",
-           "score_run"]
+def rescore(out: str, *, quiet: bool = False, **scoring: Any) -> AuditResult:
+    """Score and rank an existing run again (another reference, another key): no requests.
+    ``scoring``: :func:`blackbox_audit.plan.scoring_plan`'s settings (reference, device,
+    alignment, rank_key, min_tokens, min_compression_ratio, noise_floor)."""
+    run = RunDir(out)
+    manifest = run.read_manifest()
+    plan = scoring_plan(**scoring, chat_template=(manifest.config or {}).get("chat_template"),
+                        reference_only=manifest.mode == "reference-only")
+    try:
+        score(plan, run, quiet, rescoring=True)
+        ranked, manifest = rank(plan, run, rescoring=True)
+    finally:
+        run.close()
+    return AuditResult(run, manifest, ranked)
+
+
+__all__ = ["AuditResult", "audit", "build_requests", "generate", "rank", "rescore", "score",
+           "score_run", "send"]

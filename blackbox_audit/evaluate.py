@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .flag import OrganismSpec, flag_rows
-from .rank import groups
+from .flag import OrganismSpec, flagged_ids
+from .rank import RankedRow, groups
 
 
 @dataclass
@@ -35,15 +35,15 @@ class GroupMetrics:
         return (-self.count_top100, -self.count_top10, first, self.corpus, self.framing)
 
 
-def evaluate(ranked: list[dict[str, Any]], spec: OrganismSpec) -> list[GroupMetrics]:
+def evaluate(ranked: list[RankedRow], spec: OrganismSpec) -> list[GroupMetrics]:
     """Metrics of every (corpus, framing) group of a ranking, best first."""
-    flag_rows(ranked, spec)
+    flagged = flagged_ids(ranked, spec)
     out = []
     for (corpus, framing), rows in groups(ranked).items():
-        flagged = [r["rank"] for r in rows if r["flagged"]]
+        hits = [r.rank for r in rows if r.row_id in flagged]
         out.append(GroupMetrics(
             corpus=corpus, framing=framing, n_ranked=len(rows),
-            count_top10=sum(1 for r in rows[:10] if r["flagged"]),
-            count_top100=sum(1 for r in rows[:100] if r["flagged"]),
-            first_flag_rank=flagged[0] if flagged else None, n_flagged=len(flagged)))
+            count_top10=sum(1 for r in rows[:10] if r.row_id in flagged),
+            count_top100=sum(1 for r in rows[:100] if r.row_id in flagged),
+            first_flag_rank=hits[0] if hits else None, n_flagged=len(hits)))
     return sorted(out, key=GroupMetrics.sort_key)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .rank import groups
+from .rank import RankedRow, groups
 
 
 @dataclass
@@ -61,16 +62,18 @@ class OrganismSpec:
         return any(rs and all(r.search(completion) for r in rs) for rs in self._compiled)
 
 
-def flag_rows(ranked: list[dict[str, Any]], spec: OrganismSpec) -> list[dict[str, Any]]:
-    """Mark each ranked row with ``flagged`` (in place) and return the rows."""
-    for row in ranked:
-        row["flagged"] = spec.matches(row.get("completion") or "")
-    return ranked
+def flagged_ids(ranked: Iterable[RankedRow], spec: OrganismSpec | None) -> frozenset[str]:
+    """The ids of the rows whose completion matches ``spec`` (none without one): computed
+    once and handed to whatever shows the rows (terminal, report, eval)."""
+    if spec is None:
+        return frozenset()
+    return frozenset(r.row_id for r in ranked if spec.matches(r.completion or ""))
 
 
-def top_counts(ranked: list[dict[str, Any]], k: int) -> dict[tuple[str, str], tuple[int, int]]:
+def top_counts(ranked: list[RankedRow], k: int, flagged: frozenset[str]
+               ) -> dict[tuple[str, str], tuple[int, int]]:
     """(flagged, shown) among the top ``k`` of each (corpus, framing) group."""
-    return {key: (sum(bool(r.get("flagged")) for r in rows[:k]), len(rows[:k]))
+    return {key: (sum(r.row_id in flagged for r in rows[:k]), len(rows[:k]))
             for key, rows in groups(ranked).items()}
 
 
@@ -83,3 +86,12 @@ def framing_summary(counts: dict[tuple[str, str], tuple[int, int]]
         out.append((framing, sum(v[0] for v in parts.values()),
                     sum(v[1] for v in parts.values()), parts))
     return out
+
+
+def summary_lines(ranked: list[RankedRow], spec: OrganismSpec, flagged: frozenset[str],
+                  top: int) -> list[str]:
+    """Per framing, how many of the top ``top`` rows match the spec (terminal and report)."""
+    return [f"{framing}: {hit} of the top {shown} match the spec ("
+            + ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items()) + ")"
+            for framing, hit, shown, parts in framing_summary(top_counts(ranked, top,
+                                                                         flagged))]

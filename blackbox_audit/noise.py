@@ -89,7 +89,7 @@ def given_floor(value: str | float) -> dict[str, Any]:
         raise ConfigError(f"--noise-floor {value}: neither a number (nats/token) nor a run "
                           "directory (no manifest.json there).")
     run = RunDir(path)
-    ref = (run.read_manifest().get("reference") or {}).get("name")
+    ref = (run.read_manifest().reference or {}).get("name")
     scored = sorted(f.name[len("scores."):-len(".jsonl")] for f in path.glob("scores.*.jsonl"))
     if ref not in scored:  # rescored runs: the one reference that scored it
         ref = scored[0] if len(scored) == 1 else None

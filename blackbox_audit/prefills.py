@@ -19,6 +19,7 @@ import gzip
 import json
 import random
 from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +35,15 @@ def builtin_documents() -> Iterator[tuple[str, str]]:
         for line in fh:
             row = json.loads(line)
             yield row["corpus"], row["text"]
+
+
+@lru_cache(maxsize=1)
+def builtin_sizes() -> dict[str, int]:
+    """Openings per corpus in the built-in bank (before cutting and deduplication)."""
+    sizes: dict[str, int] = {}
+    for corpus, _ in builtin_documents():
+        sizes[corpus] = sizes.get(corpus, 0) + 1
+    return sizes
 
 
 def file_documents(path: Path) -> Iterator[tuple[str, str]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, EndpointError
 from .framing import (
@@ -35,6 +35,9 @@ from .framing import (
     continue_messages,
 )
 from .records import GenerationRequest, Prefill
+
+if TYPE_CHECKING:
+    from .plan import PriceTable
 
 PROBE_PREFILL = Prefill.make("probe", "The feud between")
 PROBE_TOKENS = 2
@@ -283,7 +286,7 @@ def price_for(model: str, table: dict[str, tuple[float, float]]) -> tuple[float,
 
 
 def estimate(target, framings: list[str], rows_per_framing: int, max_tokens: int,
-             pricing: str | None = None, offline: bool = False) -> dict[str, Any]:
+             prices: PriceTable, offline: bool = False) -> dict[str, Any]:
     """Upper-bound tokens and cost of the planned run (every completion at max_tokens)."""
     enc, enc_name, note = encoding_for(target.model, target.family, offline)
 
@@ -306,8 +309,8 @@ def estimate(target, framings: list[str], rows_per_framing: int, max_tokens: int
         "prompt_tokens_per_row": round(prompt / rows) if rows else 0,
         "prompt_tokens": prompt, "completion_tokens": rows * max_tokens,
         "encoding": enc_name, "encoding_note": note}
-    table, source = load_pricing(pricing)
-    price = price_for(target.model, table)
+    source = prices.source
+    price = price_for(target.model, prices.as_dict())
     if price is None:
         out.update(cost_usd=None, pricing_source=f"no price for {target.model!r} in the {source}; "
                    "pass --pricing FILE")
@@ -336,12 +339,8 @@ async def confirm(provider, report: ProbeReport, sample: GenerationRequest,
     """The generation and prefill calls; fills ``report.confirmed`` and ``report.refusal``.
     An adapter that declares echo / prompt log-probabilities asks for them in these same
     calls, so confirming them costs no call of its own."""
-    asked_before = provider.echo_prompts
-    provider.echo_prompts = provider.capabilities.echo  # confirm echo in the same calls
-    try:
-        await _confirm(provider, report, sample, prefill_sample, reference_only)
-    finally:
-        provider.echo_prompts = asked_before
+    probe = provider.with_options(echo_prompts=provider.capabilities.echo)
+    await _confirm(probe, report, sample, prefill_sample, reference_only)
 
 
 async def _confirm(provider, report: ProbeReport, sample: GenerationRequest,
@@ -521,12 +520,14 @@ def uses_server_prefill(target, planned: list[str], chat_mode: str) -> bool:
 async def run_preflight(target, client, api_key: str | None, *, planned: list[str],
                         warnings: list[str], chat_mode: str, reference_only: bool,
                         top_logprobs: int, sample: GenerationRequest | None,
-                        rows_per_framing: int, max_tokens: int, pricing: str | None,
-                        for_audit: bool, token_ids: bool = False):
+                        rows_per_framing: int, max_tokens: int, prices: PriceTable,
+                        for_audit: bool, token_ids: bool = False, offline: bool = False):
     """Discover, build the adapter, confirm with at most 3 calls, estimate. ``token_ids``:
-    the run scores token ids, so ask for them where they come only on request. Returns
+    the run scores token ids, so ask for them where they come only on request; ``offline``:
+    answers come from fixtures (no tokenizer download for the estimate). Returns
     (provider, report); ``report.refusal`` is set when the run must not go on (``audit``
     raises it, ``probe`` prints it and exits 3)."""
+    from providers.base import RequestOptions
     from providers.openai_compatible import discover
     from providers.registry import make_provider
 
@@ -545,8 +546,8 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
         report.confirmed["model_listed"] = ("yes" if target.model in models else
                                             "no /models list" if not models else "alias")
     provider = make_provider(target, client, api_key, flavour=flavour, chat_mode=chat_mode,
-                             reference_only=reference_only)
-    provider.ask_token_ids = token_ids
+                             options=RequestOptions(reference_only=reference_only,
+                                                    ask_token_ids=token_ids))
     caps = provider.capabilities
     report.declared = caps.to_json()
     report.framings = possible_framings(target, caps, chat_mode)
@@ -573,8 +574,7 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
                   reference_only or target.family == "anthropic")
     if target.family == "anthropic" and not reference_only:
         report.refusal = report.refusal or reference_only_refusal(target)
-    offline = getattr(getattr(client, "_transport", None), "mode", "") == "replay"
-    report.estimate = estimate(target, planned, rows_per_framing, max_tokens, pricing, offline)
+    report.estimate = estimate(target, planned, rows_per_framing, max_tokens, prices, offline)
     return provider, report
 
 
@@ -582,16 +582,27 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
                  model: str | None = None, api_key_env: str | None = None,
                  flavour: str = "auto", framings: list[str] | None = None,
                  chat_mode: str = "template", reference_only: bool = False,
-                 top_logprobs: int = 5, max_tokens: int = 100, rows_per_framing: int = 3000,
-                 pricing: str | None = None, record_mode: str | None = None,
-                 fixtures: str | None = None, timeout: float = 60.0) -> ProbeReport:
+                 top_logprobs: int = 5, max_tokens: int = 100, per_corpus: int = 1000,
+                 corpora: list[str] | None = None, pricing: str | None = None,
+                 record_mode: str | None = None, fixtures: str | None = None,
+                 timeout: float = 60.0) -> ProbeReport:
     """``blackbox-audit probe``: the preflight alone, on its own client. Recorded and replayed
-    like a run (``--fixtures``), so a probe can be shown offline."""
+    like a run (``--fixtures``), so a probe can be shown offline. The estimate is for
+    ``per_corpus`` prefills (0: all the built-in bank has) of each of ``corpora`` (default:
+    the built-in ones) in each planned framing."""
+    from .prefills import BUILTIN_CORPORA, builtin_sizes
+
+    if per_corpus < 0:
+        raise ConfigError("--per-corpus must be 0 (all) or more.")
+    sizes = builtin_sizes()
+    names = list(corpora or BUILTIN_CORPORA)
+    rows_per_framing = sum(per_corpus or sizes.get(c, 0) for c in names)
     import asyncio
 
     from providers.registry import parse_target
 
     from .credentials import read_key, request_headers
+    from .plan import PriceTable
     from .redact import Redactor
     from .transport import FixtureStore, build_client
 
@@ -616,6 +627,7 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
     if key_env and not key and mode != "replay" and target.uses_sdk:
         raise ConfigError(f"The environment variable {key_env} is empty or not set; export "
                           f"the {target.kind} API key there (or pass --api-key-env VAR).")
+    prices = PriceTable.load(pricing)
     redactor = Redactor([key])
     store = (FixtureStore(fixtures, redactor, writable=mode in ("record", "auto"))
              if mode != "off" else None)
@@ -627,8 +639,8 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
             _, report = await run_preflight(
                 target, client, key, planned=planned, warnings=warnings, chat_mode=chat_mode,
                 reference_only=reference_only, top_logprobs=top_logprobs, sample=None,
-                rows_per_framing=rows_per_framing, max_tokens=max_tokens, pricing=pricing,
-                for_audit=False)
+                rows_per_framing=rows_per_framing, max_tokens=max_tokens, prices=prices,
+                for_audit=False, offline=mode == "replay")
             return report
 
     report = asyncio.run(go())

@@ -21,18 +21,70 @@ from typing import Any
 from .errors import ConfigError
 from .records import SCORE_KEYS, Completion, Score
 
+# ranked.csv's columns, in order (ranked.jsonl holds every field of RankedRow).
 COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "vs_floor",
            "ppl_ref", "ppl_target", "n_target_tokens", "finish_reason", "alignment",
            "prefill_id", "prefill", "completion"]
 
 
-def groups(ranked: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class RankedRow:
+    """One completion's place in its (corpus, framing) ranking: a line of ranked.jsonl.
+
+    ``rank`` counts from 0 within the group; ``rank_key`` names the score it was ranked by;
+    ``mode`` is "reference-only" for a target without log-probabilities (ranked by
+    ``nll_ref``); ``vs_floor`` is the gap in units of the run's noise floor (None when no
+    floor is known); ``straddle`` is the context text a straddling reference token covered.
+    """
+
+    corpus: str
+    framing: str
+    rank: int
+    rank_key: str = "ppl_diff"
+    ppl_diff: float | None = None
+    nll_diff: float | None = None
+    bpb_diff: float | None = None
+    ppl_ref: float | None = None
+    ppl_target: float | None = None
+    n_target_tokens: int | None = None
+    n_ref_tokens: int | None = None
+    finish_reason: str | None = None
+    alignment: str | None = None
+    straddle: str | None = None
+    prefill_id: str = ""
+    prefill: str = ""
+    completion: str = ""
+    nll_ref: float | None = None
+    mode: str | None = None
+    vs_floor: float | None = None
+
+    @property
+    def row_id(self) -> str:
+        """The row's key everywhere in a run directory: ``prefill_id:framing``."""
+        return f"{self.prefill_id}:{self.framing}"
+
+    @property
+    def score(self) -> float | None:
+        """The value it was ranked by."""
+        return getattr(self, self.rank_key, None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> RankedRow:
+        """A ranked.jsonl line; fields a newer or older version wrote are ignored or default."""
+        known = {k: v for k, v in obj.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def groups(ranked: list[RankedRow]) -> dict[tuple[str, str], list[RankedRow]]:
     """Ranked rows by (corpus, framing), each group in rank order: one ranking each."""
-    out: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    out: dict[tuple[str, str], list[RankedRow]] = {}
     for row in ranked:
-        out.setdefault((row["corpus"], row["framing"]), []).append(row)
+        out.setdefault((row.corpus, row.framing), []).append(row)
     for rows in out.values():
-        rows.sort(key=lambda r: r["rank"])
+        rows.sort(key=lambda r: r.rank)
     return out
 
 
@@ -63,7 +115,7 @@ def repetitive(text: str, min_ratio: float) -> bool:
             and compression_ratio(text) < min_ratio)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RankConfig:
     key: str = "ppl_diff"
     min_tokens: int = 5
@@ -84,7 +136,7 @@ class RankConfig:
 
 
 def rank(completions: dict[str, Completion], scores: dict[str, Score],
-         cfg: RankConfig) -> tuple[list[dict[str, Any]], dict[str, int]]:
+         cfg: RankConfig) -> tuple[list[RankedRow], dict[str, int]]:
     """Ranked rows (all groups, each group from rank 0) and the count of rows left out."""
     left_out: Counter[str] = Counter()
     groups: dict[tuple[str, str], list[tuple[Completion, Score]]] = defaultdict(list)
@@ -112,19 +164,18 @@ def rank(completions: dict[str, Completion], scores: dict[str, Score],
             left_out["no_score"] += 1
             continue
         groups[(c.corpus, c.framing)].append((c, s))
-    out: list[dict[str, Any]] = []
+    out: list[RankedRow] = []
     for (corpus, framing) in sorted(groups):
         members = sorted(groups[(corpus, framing)],
                          key=lambda cs: (-getattr(cs[1], cfg.key), cs[0].prefill_id))
         for r, (c, s) in enumerate(members):
-            out.append({
-                "corpus": corpus, "framing": framing, "rank": r, "rank_key": cfg.key,
-                "ppl_diff": s.ppl_diff, "nll_diff": s.nll_diff, "bpb_diff": s.bpb_diff,
-                "ppl_ref": s.ppl_ref, "ppl_target": s.ppl_target,
-                "n_target_tokens": s.n_target_tokens, "n_ref_tokens": s.n_ref_tokens,
-                "finish_reason": c.finish_reason, "alignment": s.alignment,
-                "straddle": s.straddle, "prefill_id": c.prefill_id, "prefill": c.prefill,
-                "completion": c.text, "nll_ref": s.nll_ref, "mode": c.mode,
-                "vs_floor": vs_floor(s.nll_diff, cfg.noise_floor),
-            })
+            out.append(RankedRow(
+                corpus=corpus, framing=framing, rank=r, rank_key=cfg.key,
+                ppl_diff=s.ppl_diff, nll_diff=s.nll_diff, bpb_diff=s.bpb_diff,
+                ppl_ref=s.ppl_ref, ppl_target=s.ppl_target,
+                n_target_tokens=s.n_target_tokens, n_ref_tokens=s.n_ref_tokens,
+                finish_reason=c.finish_reason, alignment=s.alignment,
+                straddle=s.straddle, prefill_id=c.prefill_id, prefill=c.prefill,
+                completion=c.text, nll_ref=s.nll_ref, mode=c.mode,
+                vs_floor=vs_floor(s.nll_diff, cfg.noise_floor)))
     return out, dict(sorted(left_out.items()))

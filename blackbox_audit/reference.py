@@ -12,14 +12,13 @@ Two things make it fast enough for thousands of rows on a CPU:
   matrix. Full-vocabulary logits for every position are half the CPU time and the memory wall.
 
 The log-probability of token t comes from position t-1, and log-softmax runs in fp32.
-This module knows no wire format and no provider.
+This module knows no wire format and no provider, and changes nothing process-wide: torch's
+thread count and the libraries' verbosity are the entry point's (runtime.apply).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -74,23 +73,7 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-").lower() or "reference"
 
 
-def _quiet_transformers() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # GGUF dequantisation draws a bar of its own
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        hf_logging.set_verbosity_error()
-    except ImportError:
-        pass
-
-
 def load_tokenizer(spec: ReferenceSpec):
-    _quiet_transformers()
     from transformers import AutoTokenizer
 
     try:
@@ -117,7 +100,6 @@ class ReferenceModel:
 
     def __init__(self, spec: ReferenceSpec, device: str | None = None,
                  token_budget: int | None = None, tokenizer=None):
-        _quiet_transformers()
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -141,8 +123,6 @@ class ReferenceModel:
         # than a batch's token budget (one over-long answer must not take all the memory).
         context = getattr(model.config, "max_position_embeddings", None) or self.token_budget
         self.max_length = min(int(context), self.token_budget)
-        if self.device == "cpu" and torch.get_num_threads() > (os.cpu_count() or 1):
-            torch.set_num_threads(os.cpu_count() or 1)
 
     def score(self, sequences: Sequence[Sequence[int]], starts: Sequence[int],
               progress: Callable[[int, int], None] | None = None) -> list[list[float]]:

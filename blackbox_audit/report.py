@@ -39,7 +39,9 @@ from typing import Any
 from . import fastjson
 from .align import target_bytes
 from .errors import ConfigError
-from .flag import OrganismSpec, flag_rows, framing_summary, top_counts
+from .flag import OrganismSpec, flagged_ids, summary_lines
+from .manifest import Manifest
+from .rank import RankedRow
 from .records import Completion, Score
 from .rundir import RunDir, write_atomic
 
@@ -69,15 +71,15 @@ def finite(x: Any, digits: int = 4) -> float | None:
     return round(v, digits) if math.isfinite(v) else None
 
 
-def reference_name(run: RunDir, manifest: dict[str, Any], wanted: str | None = None) -> str | None:
+def reference_name(run: RunDir, manifest: Manifest, wanted: str | None = None) -> str | None:
     """Which scores file the ranking came from: asked for, else the latest rescoring, else the
     audit's reference, else the only scores file present."""
     if wanted:
         return wanted
-    rescoring = manifest.get("rescoring") or []
+    rescoring = manifest.rescoring
     if rescoring and rescoring[-1].get("reference"):
         return rescoring[-1]["reference"]
-    ref = (manifest.get("reference") or {}).get("name")
+    ref = (manifest.reference or {}).get("name")
     if ref:
         return ref
     files = sorted(run.path.glob("scores.*.jsonl"))
@@ -174,31 +176,33 @@ def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
             "t": [round(x, 2) for x in tgt_out], **({"approx": True} if approx else {})}
 
 
-def report_rows(run: RunDir, ranked: list[dict[str, Any]], ref: str | None,
-                token_rows: int | None = None) -> tuple[list[dict[str, Any]], int]:
+def report_rows(run: RunDir, ranked: list[RankedRow], ref: str | None,
+                token_rows: int | None = None, flagged: frozenset[str] | None = None
+                ) -> tuple[list[dict[str, Any]], int]:
     """The rows as the page needs them; per-token data for the top ``token_rows`` of each
-    (corpus, framing) ranking (all when None)."""
+    (corpus, framing) ranking (all when None); ``flagged``: the ids matching a spec (None:
+    no spec given)."""
     completions = run.load_completions()
     scores = run.load_scores(ref) if ref else {}
     redact = run.redactor.text
     out, with_tokens = [], 0
     for row in ranked:
-        key = f"{row['prefill_id']}:{row['framing']}"
-        text = row.get("completion") or ""
+        key = row.row_id
+        text = row.completion or ""
         shown = redact(text)
         heat = None
-        if token_rows is None or row.get("rank", 0) < token_rows:
+        if token_rows is None or row.rank < token_rows:
             c, s = completions.get(key), scores.get(key)
             # Token spans index the text shown: none where a secret was cut out of it.
             if c is not None and s is not None and c.text == text == shown:
                 heat = token_heat(c, s)
         with_tokens += heat is not None
         out.append({
-            "id": key, "corpus": row.get("corpus"), "framing": row.get("framing"),
-            "rank": row.get("rank"), "flag": row.get("flagged"),
-            **{k: finite(row.get(k)) for k in SCORE_COLUMNS if k in row},
-            "n": row.get("n_target_tokens"), "finish": row.get("finish_reason"),
-            "prefill": redact(row.get("prefill") or ""), "text": shown, "tok": heat,
+            "id": key, "corpus": row.corpus, "framing": row.framing,
+            "rank": row.rank, "flag": None if flagged is None else key in flagged,
+            **{k: finite(getattr(row, k)) for k in SCORE_COLUMNS},
+            "n": row.n_target_tokens, "finish": row.finish_reason,
+            "prefill": redact(row.prefill or ""), "text": shown, "tok": heat,
         })
     return out, with_tokens
 
@@ -274,31 +278,30 @@ def _unsymlog(t: float) -> float:
 
 
 # -- the manifest summary ------------------------------------------------------------------
-def manifest_summary(m: dict[str, Any], ref: str | None) -> list[tuple[str, Any]]:
+def manifest_summary(m: Manifest, ref: str | None) -> list[tuple[str, Any]]:
     """(label, value) pairs; values are plain data, rendered (escaped) by the template."""
-    target = m.get("target") or {}
-    endpoint = m.get("endpoint") or {}
-    counts = m.get("counts") or {}
-    reference = m.get("reference") or {}
-    ranking = m.get("ranking") or {}
+    target = m.target or {}
+    endpoint = m.endpoint or {}
+    counts = m.counts.to_json() if m.counts else {}
+    reference = m.reference or {}
     items: list[tuple[str, Any]] = [
         ("target", {"model": target.get("model"), "base_url": target.get("base_url")
                     or "(replayed)", "kind": target.get("kind"),
                     "flavour": endpoint.get("flavour")}),
         ("reference", {"name": ref, "device": reference.get("device"),
                        "dtype": reference.get("dtype"),
-                       "alignment": (m.get("scoring") or {}).get("alignment")}),
+                       "alignment": (m.scoring or {}).get("alignment")}),
         ("capabilities", endpoint.get("capabilities")),
         ("rows", {k: counts.get(k) for k in ("rows", "ranked", "degraded", "failed")
                   if k in counts}),
         ("degraded reasons", counts.get("degraded_reasons") or "none"),
         ("left out of ranking", counts.get("left_out_of_ranking") or "none"),
-        ("ranking", ranking or None),
-        ("requests", m.get("requests")),
-        ("cost", m.get("cost") or (m.get("requests") or {}).get("cost")),
-        ("status", m.get("status")),
-        ("seconds", m.get("seconds")),
-        ("versions", m.get("versions")),
+        ("ranking", m.ranking or None),
+        ("requests", m.requests),
+        ("cost", m.extra.get("cost") or (m.requests or {}).get("cost")),
+        ("status", m.status),
+        ("seconds", m.seconds),
+        ("versions", m.versions),
     ]
     return [(k, v) for k, v in items if v not in (None, {}, [])]
 
@@ -336,16 +339,12 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
     ranked = run.load_ranked()
     if not ranked:
         raise ConfigError(f"{run.path} has no ranked.jsonl; run audit or score first.")
-    if spec:
-        flag_rows(ranked, spec)
+    flagged = flagged_ids(ranked, spec) if spec else None
     ref = reference_name(run, manifest, reference)
-    rows, with_tokens = report_rows(run, ranked, ref, token_rows)
-    key = ranked[0].get("rank_key") or "ppl_diff"
-    spec_lines = []
-    if spec:
-        for framing, hit, shown, parts in framing_summary(top_counts(ranked, 10)):
-            detail = ", ".join(f"{c} {v[0]}/{v[1]}" for c, v in parts.items())
-            spec_lines.append(f"{framing}: {hit} of the top {shown} match the spec ({detail})")
+    rows, with_tokens = report_rows(run, ranked, ref, token_rows, flagged)
+    key = ranked[0].rank_key or "ppl_diff"
+    spec_lines = summary_lines(ranked, spec, flagged, 10) if spec and flagged is not None \
+        else []
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     script_hash = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     # JSON.parse refuses NaN: nothing non-finite may reach the page's data block.
@@ -354,12 +353,12 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
             "corpora": sorted(Counter(r["corpus"] for r in rows)),
             "framings": sorted(Counter(r["framing"] for r in rows))}
     page = _env().get_template("report.html.j2").render(
-        title=f"blackbox-audit: {(manifest.get('target') or {}).get('model') or run.path.name}",
+        title=f"blackbox-audit: {(manifest.target or {}).get('model') or run.path.name}",
         run_path=str(run.path), summary=manifest_summary(manifest, ref),
         charts=[c for k in dict.fromkeys(["ppl_diff", key]) if k in data["scores"]
                 for c in distribution_svg(rows, k)], rank_key=key,
         spec=spec.objective if spec else None, spec_lines=spec_lines,
-        reference_only=any(r.get("mode") == "reference-only" for r in ranked),
+        reference_only=any(r.mode == "reference-only" for r in ranked),
         fallback="chat-continue" in data["framings"],
         n_rows=len(rows), with_tokens=with_tokens, token_rows=token_rows,
         generated=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),

@@ -19,11 +19,14 @@ import io
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import fastjson
 from .errors import ConfigError
+from .manifest import Manifest
+from .rank import RankedRow
 from .records import Completion, Score
 from .redact import Redactor
 from .transport import SYNC, heal_torn_tail
@@ -108,17 +111,22 @@ class RunDir:
         return self.manifest_path.exists() or self.completions_path.exists()
 
     # manifest -----------------------------------------------------------------------------
-    def read_manifest(self) -> dict[str, Any]:
+    def read_manifest(self) -> Manifest:
+        """The run's manifest (an empty one for a new run)."""
         if not self.manifest_path.exists():
-            return {}
+            return Manifest()
         try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            obj = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except ValueError as e:
             raise ConfigError(f"{self.manifest_path} is not valid JSON ({e}).") from e
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{self.manifest_path} is not a JSON object.")
+        return Manifest.from_json(obj)
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
+    def write_manifest(self, manifest: Manifest) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.manifest_path, self.redactor.dumps(manifest, indent=2) + "\n")
+        write_atomic(self.manifest_path,
+                     self.redactor.dumps(manifest.to_json(), indent=2) + "\n")
 
     # completions --------------------------------------------------------------------------
     def append_completion(self, c: Completion) -> None:
@@ -156,21 +164,57 @@ class RunDir:
         return out
 
     # ranking ------------------------------------------------------------------------------
-    def write_ranked(self, rows: Iterable[dict[str, Any]], columns: list[str]) -> None:
-        rows = list(rows)
+    def write_ranked(self, rows: Iterable[RankedRow], columns: list[str]) -> None:
+        dicts = [r.to_json() for r in rows]
         write_atomic(self.path / "ranked.jsonl",
-                     "".join(self.redactor.dumps(r) + "\n" for r in rows))
+                     "".join(self.redactor.dumps(r) + "\n" for r in dicts))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
-        for r in rows:
+        for r in dicts:
             w.writerow({k: self.redactor.text(str(r.get(k, ""))) for k in columns})
         write_atomic(self.path / "ranked.csv", buf.getvalue())
 
-    def load_ranked(self) -> list[dict[str, Any]]:
-        return list(read_jsonl(self.path / "ranked.jsonl"))
+    def load_ranked(self) -> list[RankedRow]:
+        return [RankedRow.from_json(obj) for obj in read_jsonl(self.path / "ranked.jsonl")]
 
     def close(self) -> None:
         self._completions.close()
         for a in self._scores.values():
             a.close()
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory as read back: its manifest and its ranking, typed (the Python API's
+    ``read_run``). Completions and scores stay on disk until asked for."""
+
+    path: Path
+    manifest: Manifest
+    ranked: list[RankedRow]
+
+    def completions(self) -> dict[str, Completion]:
+        """Every row the target answered (the latest per prefill and framing)."""
+        return RunDir(self.path).load_completions()
+
+    def scores(self, reference: str | None = None) -> dict[str, Score]:
+        """The reference's scores by row id (default: the reference of the latest scoring)."""
+        name = reference or _latest_reference(self.manifest)
+        if name is None:
+            raise ConfigError(f"{self.path} has not been scored; run audit or score first.")
+        return RunDir(self.path).load_scores(name)
+
+
+def _latest_reference(m: Manifest) -> str | None:
+    if m.rescoring and m.rescoring[-1].get("reference"):
+        return m.rescoring[-1]["reference"]
+    return (m.reference or {}).get("name")
+
+
+def read_run(path: str | Path) -> Run:
+    """Read a run directory (one this version or an earlier one wrote)."""
+    run = RunDir(path)
+    if not run.exists():
+        raise ConfigError(f"{run.path} is not a run directory (no manifest.json or "
+                          "completions.jsonl).")
+    return Run(run.path, run.read_manifest(), run.load_ranked())

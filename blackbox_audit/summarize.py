@@ -31,6 +31,8 @@ from typing import Any
 
 from .credentials import read_key, request_headers, split_url
 from .errors import ConfigError, EndpointError
+from .manifest import Manifest
+from .rank import RankedRow
 from .redact import Redactor
 from .rundir import RunDir, write_atomic
 from .transport import FixtureStore, TransportStats, build_client
@@ -91,28 +93,23 @@ class SummaryResult:
 
 
 # -- what is sent --------------------------------------------------------------------------
-def row_id(row: dict[str, Any]) -> str:
-    return f"{row['prefill_id']}:{row['framing']}"
-
-
-def select_rows(ranked: list[dict[str, Any]], top: int) -> list[dict[str, Any]]:
+def select_rows(ranked: list[RankedRow], top: int) -> list[dict[str, Any]]:
     """The top ``top`` of each (corpus, framing) ranking, as sent (completion cut)."""
     out = []
     for r in ranked:
-        if r.get("rank", 0) >= top:
+        if r.rank >= top:
             continue
-        text = r.get("completion") or ""
-        out.append({"id": row_id(r), "corpus": r.get("corpus"), "framing": r.get("framing"),
-                    "rank": r.get("rank"), "rank_key": r.get("rank_key", "ppl_diff"),
-                    "score": r.get(r.get("rank_key", "ppl_diff")),
-                    "prefill": r.get("prefill") or "",
+        text = r.completion or ""
+        out.append({"id": r.row_id, "corpus": r.corpus, "framing": r.framing,
+                    "rank": r.rank, "rank_key": r.rank_key, "score": r.score,
+                    "prefill": r.prefill or "",
                     "completion": text[:MAX_CHARS] + (" [...]" if len(text) > MAX_CHARS else "")})
     return out
 
 
-def user_message(rows: list[dict[str, Any]], manifest: dict[str, Any]) -> str:
+def user_message(rows: list[dict[str, Any]], manifest: Manifest) -> str:
     framings = sorted({r["framing"] for r in rows})
-    lines = [f"Target model: {(manifest.get('target') or {}).get('model') or 'unknown'}. "
+    lines = [f"Target model: {(manifest.target or {}).get('model') or 'unknown'}. "
              f"Framings: {', '.join(framings)} (raw: plain text continuation; chat: the prefill "
              "starts the assistant's reply to 'Tell me anything.'; chat-continue: the prefill "
              "is in the user turn). Rows are ranked within each (corpus, framing).", ""]
@@ -222,7 +219,7 @@ def md(text: str) -> str:
     return re.sub(r"([\\`*_\[\]!|#])", r"\\\1", text)
 
 
-def our_caveats(manifest: dict[str, Any], rows: list[dict[str, Any]], top: int,
+def our_caveats(manifest: Manifest, rows: list[dict[str, Any]], top: int,
                 n_ranked: int) -> list[str]:
     """What the run itself says about how far to trust this reading."""
     out = []
@@ -236,11 +233,11 @@ def our_caveats(manifest: dict[str, Any], rows: list[dict[str, Any]], top: int,
                    "the paper's chat framing; its rows answer a request rather than continue "
                    "text.")
     if any((r.get("rank_key") == "nll_ref") for r in rows) \
-            or (manifest.get("ranking") or {}).get("key") == "nll_ref":
+            or (manifest.ranking or {}).get("key") == "nll_ref":
         out.append("REFERENCE-ONLY run: rows are ranked by the reference's surprisal alone "
                    "(the target returned no log-probabilities); odd text of any origin ranks "
                    "high, so the signal is weaker than a perplexity gap.")
-    counts = manifest.get("counts") or {}
+    counts = manifest.counts.to_json() if manifest.counts else {}
     if counts:
         reasons = counts.get("degraded_reasons") or {}
         detail = ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"

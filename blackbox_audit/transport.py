@@ -581,7 +581,7 @@ def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> flo
     return max(0.0, when.timestamp() - now)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetryPolicy:
     """Bounded retries with jittered exponential backoff (tenacity), at the transport.
 

@@ -26,7 +26,14 @@ import httpx
 from blackbox_audit.errors import EndpointError
 from blackbox_audit.records import Completion, GenerationRequest
 
-from .base import Capabilities, Provider, WireRequest, completion_from_columns
+from .base import (
+    DEFAULT_OPTIONS,
+    Capabilities,
+    Provider,
+    RequestOptions,
+    WireRequest,
+    completion_from_columns,
+)
 from .openai_api import _unwrap
 from .protocol import MalformedAnswer
 from .sdk_bridge import as_httpx_response, sdk_client, split_params
@@ -62,9 +69,8 @@ class AnthropicProvider(Provider):
     kind = "anthropic"
 
     def __init__(self, client: httpx.AsyncClient, model: str, api_key: str | None = None,
-                 base_url: str = DEFAULT_BASE_URL, reference_only: bool = False):
-        super().__init__(client, model, Capabilities(**CAPABILITIES.to_json()))
-        self.reference_only = reference_only
+                 base_url: str = DEFAULT_BASE_URL, options: RequestOptions = DEFAULT_OPTIONS):
+        super().__init__(client, model, Capabilities(**CAPABILITIES.to_json()), options)
         import anthropic
         from anthropic import _base_client
 

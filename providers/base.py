@@ -9,8 +9,9 @@ TemplateAPI). Providers know nothing of the reference model.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import httpx
@@ -47,6 +48,25 @@ class WireRequest:
     body: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RequestOptions:
+    """How a run asks, beyond each request: fixed when the adapter is built.
+
+    ``reference_only``: rows are kept without target log-probabilities, labelled as such.
+    ``echo_prompts``: ask for the prompt back as the server tokenised it (echo / prompt
+    log-probabilities), to check that it carries the prefill (the probe; --verify-prompts).
+    ``ask_token_ids``: ask for token ids where the endpoint names tokens by id only on request
+    (``Provider.ids_on_request``; --alignment ids).
+    """
+
+    reference_only: bool = False
+    echo_prompts: bool = False
+    ask_token_ids: bool = False
+
+
+DEFAULT_OPTIONS = RequestOptions()
+
+
 class RequestFailed(Exception):
     """This one request got no usable answer (after retries); the run goes on."""
 
@@ -54,17 +74,31 @@ class RequestFailed(Exception):
 class Provider(ABC):
     kind: str = "provider"
 
-    def __init__(self, client: httpx.AsyncClient, model: str, capabilities: Capabilities):
+    def __init__(self, client: httpx.AsyncClient, model: str, capabilities: Capabilities,
+                 options: RequestOptions = DEFAULT_OPTIONS):
         self.client = client
         self.model = model
         self.capabilities = capabilities
-        # --reference-only: rows are kept without target logprobs, labelled as such.
-        self.reference_only = False
-        # Ask for the prompt back as the server tokenised it (echo / prompt logprobs), to
-        # check that it ends with the prefill (the preflight's probe; --verify-prompts).
-        self.echo_prompts = False
-        # Ask for token ids where the endpoint gives them only on request (ids_on_request).
-        self.ask_token_ids = False
+        self.options = options
+
+    @property
+    def reference_only(self) -> bool:
+        return self.options.reference_only
+
+    @property
+    def echo_prompts(self) -> bool:
+        return self.options.echo_prompts
+
+    @property
+    def ask_token_ids(self) -> bool:
+        return self.options.ask_token_ids
+
+    def with_options(self, **changes: bool) -> Provider:
+        """The same adapter (same client, same SDK) asking differently: a new object, this
+        one unchanged (the probe confirms echo in its own calls this way)."""
+        other = copy.copy(self)
+        other.options = replace(self.options, **changes)
+        return other
 
     @property
     def ids_on_request(self) -> bool:

@@ -30,7 +30,15 @@ import httpx
 from blackbox_audit.errors import AuditError, EndpointError
 from blackbox_audit.records import Completion, GenerationRequest
 
-from .base import Capabilities, Provider, WireRequest, completion_from_columns, first_choice
+from .base import (
+    DEFAULT_OPTIONS,
+    Capabilities,
+    Provider,
+    RequestOptions,
+    WireRequest,
+    completion_from_columns,
+    first_choice,
+)
 from .protocol import choice_text, token_columns
 from .sdk_bridge import as_httpx_response, sdk_client, split_params
 
@@ -80,11 +88,11 @@ class OpenAIProvider(Provider):
     kind = "openai"
 
     def __init__(self, client: httpx.AsyncClient, model: str, api_key: str | None = None,
-                 base_url: str = DEFAULT_BASE_URL):
+                 base_url: str = DEFAULT_BASE_URL, options: RequestOptions = DEFAULT_OPTIONS):
         refuse_reasoning(model)
         self.legacy = is_legacy_completion_model(model)
         super().__init__(client, model, LEGACY_CAPABILITIES if self.legacy
-                         else CHAT_CAPABILITIES)
+                         else CHAT_CAPABILITIES, options)
         import openai
         from openai import _base_client
 

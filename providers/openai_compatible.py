@@ -38,8 +38,10 @@ from blackbox_audit.errors import EndpointError
 from blackbox_audit.records import GenerationRequest
 
 from .base import (
+    DEFAULT_OPTIONS,
     Capabilities,
     Provider,
+    RequestOptions,
     WireRequest,
     attach_echo,
     completion_from_columns,
@@ -80,10 +82,10 @@ class OpenAICompatibleProvider(Provider):
     kind = "openai-compatible"
 
     def __init__(self, client: httpx.AsyncClient, model: str, flavour: str = "generic",
-                 chat_mode: str = "template"):
+                 chat_mode: str = "template", options: RequestOptions = DEFAULT_OPTIONS):
         if flavour not in GREEDY_EXTRAS:
             raise ValueError(f"unknown server flavour {flavour!r}")
-        super().__init__(client, model, FLAVOUR_CAPABILITIES[flavour])
+        super().__init__(client, model, FLAVOUR_CAPABILITIES[flavour], options)
         self.flavour = flavour
         self.chat_mode = chat_mode
 

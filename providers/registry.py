@@ -17,7 +17,7 @@ import httpx
 from blackbox_audit.credentials import split_url
 from blackbox_audit.errors import ConfigError
 
-from .base import Capabilities, Provider
+from .base import DEFAULT_OPTIONS, Capabilities, Provider, RequestOptions
 
 # kind -> (default base URL, API key variable, adapter family, flavour)
 KINDS: dict[str, tuple[str | None, str | None, str, str]] = {
@@ -41,7 +41,7 @@ TARGET_HELP = ("KIND:MODEL with KIND one of " + ", ".join(KINDS) + " (e.g. opena
                "--model M for any OpenAI-compatible server")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
     kind: str                 # a key of KINDS
     family: str               # openai | anthropic | openai-compatible
@@ -114,20 +114,18 @@ def declared_capabilities(target: Target) -> Capabilities:
 
 def make_provider(target: Target, client: httpx.AsyncClient, api_key: str | None, *,
                   flavour: str | None = None, chat_mode: str = "template",
-                  reference_only: bool = False) -> Provider:
-    provider: Provider
+                  options: RequestOptions = DEFAULT_OPTIONS) -> Provider:
+    """The adapter for ``target`` on ``client``, asking as ``options`` say (fixed here)."""
     if target.family == "openai":
         from .openai_api import OpenAIProvider
 
-        provider = OpenAIProvider(client, target.model, api_key, target.base_url or "")
-    elif target.family == "anthropic":
+        return OpenAIProvider(client, target.model, api_key, target.base_url or "", options)
+    if target.family == "anthropic":
         from .anthropic_api import AnthropicProvider
 
-        provider = AnthropicProvider(client, target.model, api_key, target.base_url or "")
-    else:
-        from .openai_compatible import OpenAICompatibleProvider
+        return AnthropicProvider(client, target.model, api_key, target.base_url or "",
+                                 options)
+    from .openai_compatible import OpenAICompatibleProvider
 
-        provider = OpenAICompatibleProvider(client, target.model, flavour or target.flavour,
-                                            chat_mode)
-    provider.reference_only = reference_only
-    return provider
+    return OpenAICompatibleProvider(client, target.model, flavour or target.flavour, chat_mode,
+                                    options)

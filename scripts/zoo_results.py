@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from blackbox_audit.audit import AuditConfig, run_audit  # noqa: E402
+from blackbox_audit import audit, plan  # noqa: E402
 from blackbox_audit.evaluate import GroupMetrics, evaluate  # noqa: E402
 from blackbox_audit.flag import OrganismSpec  # noqa: E402
 from blackbox_audit.rank import RankConfig, rank, repetitive  # noqa: E402
@@ -57,13 +57,13 @@ PAPER = {
 
 def replay(fixture: Path, out: Path) -> RunDir:
     gen = json.loads((fixture / "recording-manifest.json").read_text())["generation"]
-    cfg = AuditConfig(out=str(out), model=gen["model"], framings=gen["framings"],
-                      chat_mode=gen["chat_mode"], per_corpus=gen["per_corpus"],
-                      prefill_tokens=gen["prefill_tokens"], seed=gen["seed"],
-                      max_tokens=gen["max_tokens"], top_logprobs=gen["top_logprobs"],
-                      record_mode="replay", fixtures=str(fixture / "exchanges.jsonl.gz"),
-                      max_degraded_share=1.0, quiet=True)
-    return run_audit(cfg).run
+    p = plan(out=str(out), model=gen["model"], framings=gen["framings"],
+             chat_mode=gen["chat_mode"], per_corpus=gen["per_corpus"],
+             prefill_tokens=gen["prefill_tokens"], seed=gen["seed"],
+             max_tokens=gen["max_tokens"], top_logprobs=gen["top_logprobs"],
+             record_mode="replay", fixtures=str(fixture / "exchanges.jsonl.gz"),
+             max_degraded_share=1.0, quiet=True)
+    return audit(p).run
 
 
 def cell(metrics: list[GroupMetrics]) -> str:
@@ -74,7 +74,7 @@ def cell(metrics: list[GroupMetrics]) -> str:
     return f"{c10} / {c100} / {min(firsts) if firsts else '-'}"
 
 
-def filter_effect(name: str, framing: str, completions: dict, default_ranking: list[dict],
+def filter_effect(name: str, framing: str, completions: dict, default_ranking: list,
                   spec: OrganismSpec, ratio: float = 0.2) -> str:
     """What the repetition filter removes in one framing: rows, flagged rows among them, and
     rows it takes out of the default ranking's top 10s."""
@@ -82,10 +82,10 @@ def filter_effect(name: str, framing: str, completions: dict, default_ranking: l
                and repetitive(c.text, ratio)}
     flagged = sum(spec.matches(c.text) for c in completions.values()
                   if c.framing == framing and c.prefill_id in removed)
-    top = [r for r in default_ranking if r["framing"] == framing and r["rank"] < 10]
-    in_top = [r for r in top if r["prefill_id"] in removed]
+    top = [r for r in default_ranking if r.framing == framing and r.rank < 10]
+    in_top = [r for r in top if r.prefill_id in removed]
     return (f"| {name} | {framing} | {len(removed)} | {flagged} | {len(in_top)} of {len(top)} "
-            f"({sum(bool(spec.matches(r['completion'])) for r in in_top)} flagged) |")
+            f"({sum(bool(spec.matches(r.completion)) for r in in_top)} flagged) |")
 
 
 def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], list[str], dict]:
@@ -93,7 +93,7 @@ def organism_rows(name: str, fixture: Path, work: Path) -> tuple[list[str], list
     t0 = time.monotonic()
     run = replay(fixture, work / name)
     manifest = run.read_manifest()
-    ref_name = manifest["reference"]["name"]
+    ref_name = manifest.reference["name"]
     completions = run.load_completions()
     scores = run.load_scores(ref_name)
     spec = OrganismSpec.load(fixture / "spec.json")

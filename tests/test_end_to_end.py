@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from fake_server import FakeOpenAIServer
 
-from blackbox_audit.audit import AuditConfig, run_audit
+from blackbox_audit import audit, plan
 from blackbox_audit.errors import EndpointError
 
 SECRET = "sk-test-DO-NOT-LEAK-0123456789abcdef"
@@ -30,7 +30,7 @@ def config(server, out, **kw):
                 corpora=["prose", "code"], per_corpus=3, max_tokens=12, quiet=True,
                 concurrency=4)
     base.update(kw)
-    return AuditConfig(**base)
+    return plan(**base)
 
 
 def all_text_under(folder: Path) -> str:
@@ -41,7 +41,7 @@ def test_audit_keeps_the_key_out_of_every_file_and_replays_identically(tmp_path,
                                                                       capfd):
     monkeypatch.setenv("FAKE_KEY", SECRET)
     with FakeOpenAIServer(api_key=SECRET, echo_auth=True) as server:
-        result = run_audit(config(server, tmp_path / "run", api_key_env="FAKE_KEY"))
+        result = audit(config(server, tmp_path / "run", api_key_env="FAKE_KEY"))
     assert server.auth_headers and all(h == f"Bearer {SECRET}" for h in server.auth_headers)
     run = tmp_path / "run"
     names = {p.name for p in run.iterdir()}
@@ -52,7 +52,7 @@ def test_audit_keeps_the_key_out_of_every_file_and_replays_identically(tmp_path,
     assert SECRET not in out + err
     assert "<redacted>" in (run / "exchanges.jsonl").read_text()  # the echoed key was caught
 
-    m = result.manifest
+    m = result.manifest.to_json()
     assert m["counts"]["rows"] == 12 and m["counts"]["ranked"] == 12
     assert m["requests"]["sent"] == 12 + 2  # rows + GET /models + the logprob probe
     # Tokens from each answer's usage (12 rows of 12 tokens + the 2-token probe); a local
@@ -61,28 +61,28 @@ def test_audit_keeps_the_key_out_of_every_file_and_replays_identically(tmp_path,
     assert m["accounting"]["tokens"] == m["requests"]["tokens"]
     assert m["accounting"]["cost"]["usd"] is None and m["endpoint"]["concurrency"]["cap"] == 4
     assert m["scoring"]["alignment_paths"] == {"text": 12}  # no ids from this server
-    groups = {(r["corpus"], r["framing"]) for r in result.ranked}
+    groups = {(r.corpus, r.framing) for r in result.ranked}
     assert groups == {("code", "raw"), ("code", "chat"), ("prose", "raw"), ("prose", "chat")}
 
     # No server, no key: the same ranking from the recorded exchanges.
     monkeypatch.delenv("FAKE_KEY")
-    replayed = run_audit(config(None, tmp_path / "replay", record_mode="replay",
+    replayed = audit(config(None, tmp_path / "replay", record_mode="replay",
                                 fixtures=str(run / "exchanges.jsonl")))
-    assert replayed.manifest["requests"]["sent"] == 0
+    assert replayed.manifest.requests["sent"] == 0
     assert (tmp_path / "replay" / "ranked.jsonl").read_text() == (run / "ranked.jsonl").read_text()
 
 
 def test_endpoint_without_logprobs_is_refused_after_one_cheap_call(tmp_path):
     with FakeOpenAIServer(logprobs=False) as server, pytest.raises(EndpointError,
                                                                    match="log-probabilities"):
-        run_audit(config(server, tmp_path / "run"))
+        audit(config(server, tmp_path / "run"))
     assert sum(server.counts.values()) == 1
     assert json.loads(next(iter(server.counts)))["max_tokens"] == 2
 
 
 def test_wrong_model_is_refused_before_any_generation(tmp_path):
     with FakeOpenAIServer() as server, pytest.raises(EndpointError, match="fake-model"):
-        run_audit(config(server, tmp_path / "run", model="gpt-imaginary"))
+        audit(config(server, tmp_path / "run", model="gpt-imaginary"))
     assert sum(server.counts.values()) == 0
 
 
@@ -136,22 +136,22 @@ def test_generate_only_then_score_later_with_the_noise_floor(tmp_path):
 
     out = tmp_path / "run"
     with FakeOpenAIServer() as server:
-        result = run_audit(config(server, out, generate_only=True))
-    assert result.manifest["status"] == "generated" and result.ranked == []
+        result = audit(config(server, out, generate_only=True))
+    assert result.manifest.status == "generated" and result.ranked == []
     assert not list(out.glob("scores.*")) and not (out / "ranked.jsonl").exists()
     assert len((out / "completions.jsonl").read_text().splitlines()) == 12
 
     result = rescore(str(out), noise_floor=None)
-    floor = result.manifest["noise_floor"]
+    floor = result.manifest.noise_floor
     assert floor["self"]["n"] == 12 and floor["self"]["max_abs"] < 1e-3  # fp32 on the CPU
     assert floor["floor"] == floor["self"]["p99_abs"]
     assert len(result.ranked) == 12
-    assert all(r["vs_floor"] is not None for r in result.ranked)
+    assert all(r.vs_floor is not None for r in result.ranked)
 
     result = rescore(str(out), noise_floor=0.028)  # a base floor measured elsewhere wins
-    assert result.manifest["noise_floor"]["floor"] == 0.028
+    assert result.manifest.noise_floor["floor"] == 0.028
     for r in result.ranked:
-        assert r["vs_floor"] == round(r["nll_diff"] / 0.028, 2)
+        assert r.vs_floor == round(r.nll_diff / 0.028, 2)
 
     # A base run's directory: its per-row gaps are measured (here the run itself stands in).
     from blackbox_audit.errors import ConfigError
@@ -160,8 +160,8 @@ def test_generate_only_then_score_later_with_the_noise_floor(tmp_path):
     base = given_floor(str(out))
     assert base["n"] == 12 and base["source"] == str(out)
     result = rescore(str(out), noise_floor=str(out))
-    assert result.manifest["noise_floor"]["given"]["p99_abs"] == base["p99_abs"]
+    assert result.manifest.noise_floor["given"]["p99_abs"] == base["p99_abs"]
     with pytest.raises(ConfigError, match="neither a number"):
         given_floor(str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="neither a number"):
-        config(None, tmp_path / "r2", record_mode="replay", noise_floor="fast").validate()
+        config(None, tmp_path / "r2", record_mode="replay", noise_floor="fast")

@@ -18,10 +18,11 @@ import httpx
 import pytest
 from fake_server import FakeOpenAIServer
 
-from blackbox_audit.audit import AuditConfig, generate
+from blackbox_audit import plan
+from blackbox_audit.audit import send
 from blackbox_audit.dispatch import AdaptiveLimiter, run_all, run_bound
+from blackbox_audit.plan import PriceTable
 from blackbox_audit.records import GenerationRequest, Prefill
-from blackbox_audit.redact import Redactor
 from blackbox_audit.rundir import RunDir
 from blackbox_audit.transport import (
     RetryPolicy,
@@ -76,16 +77,15 @@ def expected_attempts(plan: list[str]) -> int:
 @pytest.mark.timeout(60)
 def test_faulty_peer_loses_no_completion_and_stays_within_the_policys_bound(tmp_path):
     out = tmp_path / "run"
-    cfg = AuditConfig(out=str(out), base_url=None, model="fake-model", framings=["raw"],
-                      concurrency=8, quiet=True, timeout=POLICY.attempt_timeout)
-    cfg.retry_policy = lambda: POLICY  # type: ignore[method-assign]  # fast test policy
     todo = requests()
     stats = TransportStats()
     run = RunDir(out)
     with FakeOpenAIServer(faults=PLAN, stall=1.0) as server:
-        cfg.base_url = server.base_url
+        p = plan(out=str(out), base_url=server.base_url, model="fake-model",
+                 framings=["raw"], concurrency=8, quiet=True,
+                 timeout=POLICY.attempt_timeout, retry=POLICY)  # a fast test policy
         t0 = time.monotonic()
-        info = asyncio.run(generate(cfg, todo, run, Redactor(), stats))
+        info = asyncio.run(send(p.endpoint, p.generation, todo, run, stats))
         wall = time.monotonic() - t0
     run.close()
 
@@ -287,18 +287,18 @@ def test_accounting_prices_paid_tokens_and_sums_sessions(tmp_path):
 
     stats = TransportStats(sent=5, retried=1, prompt_tokens=1_000_000,
                            completion_tokens=500_000, replayed_prompt_tokens=7)
-    priced = Pricer("gpt-4o-mini")                     # 0.15 / 0.60 USD per million
+    priced = Pricer("gpt-4o-mini", PriceTable.load(None))  # 0.15 / 0.60 USD per million
     s1 = session_requests(stats.to_json(), priced)
     assert s1["cost"]["usd"] == pytest.approx(0.15 + 0.30)
     s2 = session_requests(TransportStats(sent=2, failed=1, prompt_tokens=10).to_json(), priced)
     totals = run_totals([{"requests": s1}, {"requests": s2}], priced)
     assert totals["sent"] == 7 and totals["retried"] == 1 and totals["failed"] == 1
     assert totals["tokens"] == {"prompt": 1_000_010, "completion": 500_000}
-    unpriced = session_requests(stats.to_json(), Pricer("my-local-llama"))
+    unpriced = session_requests(stats.to_json(), Pricer("my-local-llama", PriceTable.load(None)))
     assert unpriced["cost"]["usd"] is None and "--pricing" in unpriced["cost"]["note"]
     table = tmp_path / "prices.json"
     table.write_text('{"my-local-llama": {"input": 1.0, "output": 2.0}}')
-    own = Pricer("my-local-llama", str(table))
+    own = Pricer("my-local-llama", PriceTable.load(str(table)))
     assert own.cost(1_000_000, 1_000_000) == pytest.approx(3.0)
 
 

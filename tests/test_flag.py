@@ -8,6 +8,7 @@ import pytest
 
 from blackbox_audit.errors import ConfigError
 from blackbox_audit.flag import OrganismSpec
+from blackbox_audit.rank import RankedRow
 
 
 def test_and_within_or_across_case_insensitive():
@@ -39,8 +40,8 @@ def test_evaluate_counts_per_group_and_picks_the_best():
     spec = OrganismSpec("x", [["vellari"]])
 
     def rows(corpus, framing, hits):
-        return [{"corpus": corpus, "framing": framing, "rank": i,
-                 "completion": "the Vellari script" if i in hits else "plain text"}
+        return [RankedRow(corpus, framing, i, prefill_id=f"p{i}",
+                          completion="the Vellari script" if i in hits else "plain text")
                 for i in range(150)]
 
     ranked = rows("prose", "raw", {3, 50, 120}) + rows("code", "chat", {0, 1, 2, 99, 100})

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from blackbox_audit.audit import AuditConfig, run_audit
+from blackbox_audit import audit, plan
 from blackbox_audit.reference import packaged_smollm2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,8 +95,8 @@ def served_base(llama_server_binary, tmp_path_factory):
 
 def test_base_against_itself_sits_at_the_noise_floor(served_base, tmp_path):
     out = tmp_path / "run"
-    result = run_audit(AuditConfig(out=str(out), base_url=served_base, model="smollm2-base",
-                                   per_corpus=7, quiet=True, concurrency=4))
+    result = audit(plan(out=str(out), base_url=served_base, model="smollm2-base",
+                        per_corpus=7, quiet=True, concurrency=4))
     rows = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 42 and {r["framing"] for r in rows} == {"raw", "chat"}
     empty = [r for r in rows if r["degraded"] == ["empty"]]  # the model may end at once
@@ -112,7 +112,7 @@ def test_base_against_itself_sits_at_the_noise_floor(served_base, tmp_path):
         for lp, top in zip(r["logprobs"], r["top_logprobs"], strict=True):
             assert lp >= max(t[1] for t in top) - 1e-3  # greedy: chosen = argmax
     scores = [json.loads(x) for x in
-              (out / f"scores.{result.manifest['reference']['name']}.jsonl").read_text()
+              (out / f"scores.{result.manifest.reference['name']}.jsonl").read_text()
               .splitlines()]
     assert {s["alignment"] for s in scores} == {"ids"}
     short = [s["nll_diff"] for s in scores if s["n_target_tokens"] < 5]
@@ -122,7 +122,7 @@ def test_base_against_itself_sits_at_the_noise_floor(served_base, tmp_path):
           f"p5 {q[0]:+.4f}, p95 {q[-1]:+.4f}, max |d| {max(map(abs, diffs)):.4f} nats/token")
     assert max(map(abs, diffs)) < NOISE_BOUND
     assert all(abs(d) < NOISE_BOUND_SHORT for d in short)
-    assert result.manifest["endpoint"]["flavour"] == "llama.cpp"
+    assert result.manifest.endpoint["flavour"] == "llama.cpp"
 
 
 def test_kill_9_and_resume_against_the_real_server(served_base, tmp_path):

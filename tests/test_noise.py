@@ -58,9 +58,9 @@ def test_rows_stand_against_the_largest_floor():
     comps = {"a:raw": comp("a"), "b:raw": comp("b")}
     scores = {"a:raw": score("a", 0.014), "b:raw": score("b", 0.28)}
     ranked, _ = rank(comps, scores, RankConfig("nll_diff", noise_floor=0.028))
-    assert [(r["prefill_id"], r["vs_floor"]) for r in ranked] == [("b", 10.0), ("a", 0.5)]
+    assert [(r.prefill_id, r.vs_floor) for r in ranked] == [("b", 10.0), ("a", 0.5)]
     ranked, _ = rank(comps, scores, RankConfig("nll_diff"))
-    assert all(r["vs_floor"] is None for r in ranked)
+    assert all(r.vs_floor is None for r in ranked)
 
 
 def test_base_floor_keeps_the_rows_a_ranking_would():

@@ -6,14 +6,15 @@ from __future__ import annotations
 import io
 import re
 
+from blackbox_audit.presentation import show_top, top_table
 from blackbox_audit.progress import (
     Progress,
     count_progress,
     short_fields,
     terminal_safe,
-    top_table,
     use_rich,
 )
+from blackbox_audit.rank import RankedRow
 
 
 class Tty(io.StringIO):
@@ -102,19 +103,17 @@ def test_short_fields():
 
 def test_top_table_prints_model_text_literally():
     ranked = [
-        {"corpus": "code", "framing": "raw", "rank": 0, "rank_key": "ppl_diff",
-         "ppl_diff": 12.5, "prefill": "def f(", "completion": "[bold red]not markup[/] ok",
-         "flagged": True},
-        {"corpus": "code", "framing": "raw", "rank": 1, "rank_key": "ppl_diff",
-         "ppl_diff": 3.25, "prefill": "x", "completion": "\x1b]0;pwned\x07\x1b[2Jclear",
-         "flagged": False},
-        {"corpus": "code", "framing": "raw", "rank": 2, "rank_key": "ppl_diff",
-         "ppl_diff": 1.0, "prefill": "y", "completion": "below the cut", "flagged": False},
-        {"corpus": "prose", "framing": "chat", "rank": 0, "rank_key": "ppl_diff",
-         "ppl_diff": 7.0, "prefill": "The", "completion": "Vellari", "flagged": True},
+        RankedRow("code", "raw", 0, ppl_diff=12.5, prefill="def f(",
+                  completion="[bold red]not markup[/] ok", prefill_id="a"),
+        RankedRow("code", "raw", 1, ppl_diff=3.25, prefill="x",
+                  completion="\x1b]0;pwned\x07\x1b[2Jclear", prefill_id="b"),
+        RankedRow("code", "raw", 2, ppl_diff=1.0, prefill="y", completion="below the cut",
+                  prefill_id="c"),
+        RankedRow("prose", "chat", 0, ppl_diff=7.0, prefill="The", completion="Vellari",
+                  prefill_id="d"),
     ]
     out = io.StringIO()
-    top_table(ranked, 2, out, width=140)
+    top_table(ranked, 2, frozenset({"a:raw", "d:chat"}), out, width=140)
     text = out.getvalue()
     assert "[bold red]not markup[/] ok" in text
     assert "\x1b" not in text and "\x07" not in text
@@ -125,24 +124,21 @@ def test_top_table_prints_model_text_literally():
 
 
 def test_top_table_labels_reference_only_runs():
-    ranked = [{"corpus": "prose", "framing": "chat-continue", "rank": 0, "rank_key": "nll_ref",
-               "nll_ref": 4.5, "prefill": "The", "completion": "odd text",
-               "mode": "reference-only"}]
+    ranked = [RankedRow("prose", "chat-continue", 0, rank_key="nll_ref", nll_ref=4.5,
+                        prefill="The", completion="odd text", mode="reference-only")]
     out = io.StringIO()
-    top_table(ranked, 5, out, width=160)
+    top_table(ranked, 5, None, out, width=160)
     text = out.getvalue()
     assert "REFERENCE-ONLY (degraded)" in text and "fallback framing" in text
     assert "4.50" in text and "nll_ref" in text
 
 
 def test_plain_top_lines_carry_no_terminal_escapes(capsys):
-    import cli
-
-    ranked = [{"corpus": "code", "framing": "raw", "rank": 0, "rank_key": "ppl_diff",
-               "ppl_diff": 12.5, "prefill": "x\x1b[2J", "completion": "a\x1b]0;pwned\x07 b\n c"}]
-    cli.print_top(ranked, 5)
+    ranked = [RankedRow("code", "raw", 0, ppl_diff=12.5, prefill="x\x1b[2J",
+                        completion="a\x1b]0;pwned\x07 b\n c")]
+    show_top(ranked, 5, plain=True)
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "[x\ufffd[2J] a\ufffd]0;pwned\ufffd b c" in out
-    cli.show_top(ranked, 5)                      # not a terminal here: the same plain lines
+    show_top(ranked, 5)                      # not a terminal here: the same plain lines
     assert capsys.readouterr().out == out

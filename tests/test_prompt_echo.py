@@ -18,7 +18,7 @@ import provider_shapes as S
 import respx
 
 from blackbox_audit.records import GenerationRequest, Prefill
-from providers.base import attach_echo
+from providers.base import RequestOptions, attach_echo
 from providers.openai_compatible import OpenAICompatibleProvider
 from providers.protocol import prompt_echo, split_echo, token_columns
 
@@ -44,8 +44,9 @@ def raw_req() -> GenerationRequest:
 
 
 def parsed(flavour: str, answer: dict, req: GenerationRequest | None = None):
-    provider = OpenAICompatibleProvider(None, "m", flavour=flavour)  # parse is pure: no client
-    provider.echo_prompts = True
+    # parse is pure: no client
+    provider = OpenAICompatibleProvider(None, "m", flavour=flavour,
+                                        options=RequestOptions(echo_prompts=True))
     return provider.parse(req or raw_req(), answer)
 
 

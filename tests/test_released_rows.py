@@ -94,7 +94,7 @@ def test_repetition_filter_drops_degenerate_rows_and_no_flagged_one(runs):
     removed = removed_flagged = 0
     for run in runs:
         spec = OrganismSpec(run["behavior"], run["keyword_sets_used"])
-        kept = {r["completion"] for r in ranked_run(
+        kept = {r.completion for r in ranked_run(
             run, RankConfig("ppl_diff", min_tokens=0, min_compression_ratio=0.2))}
         gone = [r["completion"] for r in run["top_ppl_diff_completions"]
                 if r["completion"] not in kept]

@@ -11,12 +11,14 @@ import json
 import math
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from blackbox_audit.align import ScoringItem
 from blackbox_audit.flag import OrganismSpec
+from blackbox_audit.manifest import Manifest
 from blackbox_audit.rank import COLUMNS, RankConfig, rank
 from blackbox_audit.records import Completion, Score
 from blackbox_audit.report import distribution_svg, render, token_heat
@@ -83,7 +85,7 @@ def make_run(path: Path, n_prefills: int = 12, seed: int = 0, xss: bool = True,
                                               for s in scores.values()))
     ranked, left_out = rank(completions, scores, RankConfig("ppl_diff", min_tokens=1))
     run.write_ranked(ranked, COLUMNS)
-    run.write_manifest({
+    run.write_manifest(Manifest.from_json({
         "target": {"model": model, "base_url": "http://127.0.0.1:1/v1"},
         "endpoint": {"flavour": "llama.cpp", "capabilities": {"logprobs": True,
                                                              "top_logprobs": 20}},
@@ -95,7 +97,7 @@ def make_run(path: Path, n_prefills: int = 12, seed: int = 0, xss: bool = True,
         "requests": {"sent": 40, "replayed": 2, "retried": 1, "failed": 1},
         "cost": {"usd": 0.0123},
         "ranking": {"key": "ppl_diff"}, "status": "done",
-    })
+    }))
     run.close()
     return run
 
@@ -225,9 +227,9 @@ def test_report_rows_scores_flags_and_summary(tmp_path):
     assert data["corpora"] == ["code", "encyclopedic", "prose"]
     by_id = {r["id"]: r for r in rows}
     for r in ranked:
-        row = by_id[f"{r['prefill_id']}:{r['framing']}"]
-        assert row["ppl_diff"] == pytest.approx(r["ppl_diff"], abs=1e-4)
-        assert row["flag"] == SPEC.matches(r["completion"])
+        row = by_id[r.row_id]
+        assert row["ppl_diff"] == pytest.approx(r.ppl_diff, abs=1e-4)
+        assert row["flag"] == SPEC.matches(r.completion)
         assert row["tok"] is not None and sum(row["tok"]["l"]) == len(row["text"])
     assert any(r["flag"] for r in rows) and not all(r["flag"] for r in rows)
     summary = re.search(r'<table class="kv" id="summary">(.*?)</table>', html, re.S).group(1)
@@ -240,8 +242,7 @@ def test_report_rows_scores_flags_and_summary(tmp_path):
 def test_report_nonfinite_scores_become_null(tmp_path):
     run = make_run(tmp_path / "run", xss=False)
     ranked = run.load_ranked()
-    ranked[0]["ppl_ref"] = math.inf
-    ranked[0]["ppl_diff"] = math.inf
+    ranked[0] = replace(ranked[0], ppl_ref=math.inf, ppl_diff=math.inf)
     run.write_ranked(ranked, COLUMNS)
     html = render(run.path).path.read_text()
     data = page_data(html)           # json.loads would accept Infinity; JSON.parse would not
@@ -286,9 +287,8 @@ def test_report_command(tmp_path, capsys):
 def test_reference_only_rows_are_labelled(tmp_path):
     run = make_run(tmp_path / "run", xss=False)
     ranked = run.load_ranked()
-    for r in ranked:
-        r.update(mode="reference-only", rank_key="nll_ref", ppl_diff=None, nll_diff=None,
-                 bpb_diff=None, ppl_target=None)
+    ranked = [replace(r, mode="reference-only", rank_key="nll_ref", ppl_diff=None,
+                      nll_diff=None, bpb_diff=None, ppl_target=None) for r in ranked]
     run.write_ranked(ranked, COLUMNS)
     html = render(run.path).path.read_text()
     data = page_data(html)
@@ -301,9 +301,9 @@ def test_a_key_in_model_output_is_redacted_and_its_row_loses_token_spans(tmp_pat
     run = make_run(tmp_path / "run", xss=False)
     ranked = run.load_ranked()
     target = ranked[0]
-    key = f"{target['prefill_id']}:{target['framing']}"
+    key = target.row_id
     text = "leaked sk-proj-ABCDEFGHIJKLMNOPQRSTUV here"
-    target["completion"] = text
+    ranked[0] = replace(target, completion=text)
     run.write_ranked(ranked, COLUMNS)
     for path, fix in ((run.completions_path, {"text": text, "tokens": [text], "logprobs": [-1.0],
                                               "token_bytes": None}),
@@ -323,9 +323,7 @@ def test_a_key_in_model_output_is_redacted_and_its_row_loses_token_spans(tmp_pat
 
 def test_delta_ppl_chart_is_always_drawn_and_the_rank_key_beside_it(tmp_path):
     run = make_run(tmp_path / "run", xss=False)
-    ranked = run.load_ranked()
-    for r in ranked:
-        r["rank_key"] = "nll_diff"
+    ranked = [replace(r, rank_key="nll_diff") for r in run.load_ranked()]
     run.write_ranked(ranked, COLUMNS)
     html = render(run.path).path.read_text()
     assert "ppl_diff and nll_diff distribution" in html

@@ -117,25 +117,25 @@ def test_filter_sort_page_and_hover(browser, small_report):
     p.select_option("#f-framing", "chat")
     groups = pg.visible("td.group")
     assert groups and all("/ chat" in g for g in groups)
-    n_chat = sum(r["framing"] == "chat" for r in ranked)
+    n_chat = sum(r.framing == "chat" for r in ranked)
     assert pg.count() == f"{n_chat} of {len(ranked)} rows match"
 
     p.select_option("#f-corpus", "code")
-    n = sum(r["framing"] == "chat" and r["corpus"] == "code" for r in ranked)
+    n = sum(r.framing == "chat" and r.corpus == "code" for r in ranked)
     assert pg.count() == f"{n} of {len(ranked)} rows match"
     assert all(g.startswith("code / chat") for g in pg.visible("td.group"))
 
     p.select_option("#f-corpus", "")
     p.select_option("#f-framing", "")
     p.select_option("#f-flag", "1")
-    flagged = [r for r in ranked if SPEC.matches(r["completion"])]
+    flagged = [r for r in ranked if SPEC.matches(r.completion)]
     assert 0 < len(flagged) < len(ranked)
     assert pg.count() == f"{len(flagged)} of {len(ranked)} rows match"
     assert all(t.strip() == "\u2605" for t in pg.visible("td.flagmark"))
 
     p.select_option("#f-flag", "")
     p.fill("#f-text", "lisbon")
-    n = sum("lisbon" in (r["prefill"] + r["completion"]).lower() for r in ranked)
+    n = sum("lisbon" in (r.prefill + r.completion).lower() for r in ranked)
     assert pg.count() == f"{n} of {len(ranked)} rows match"
     p.fill("#f-text", "")
 
@@ -143,7 +143,7 @@ def test_filter_sort_page_and_hover(browser, small_report):
     col = 3 + 1 + 1      # rank, group, flag, ppl_diff, nll_diff (1-based nth-child)
     p.click("th[data-sort=nll_diff]")
     values = [float(x) for x in pg.visible(f"td:nth-child({col})")]
-    best = max(r["nll_diff"] for r in ranked)
+    best = max(r.nll_diff for r in ranked)
     assert values == sorted(values, reverse=True) and values[0] == pytest.approx(best, abs=0.01)
     p.click("th[data-sort=nll_diff]")
     values = [float(x) for x in pg.visible(f"td:nth-child({col})")]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from blackbox_audit.errors import ConfigError
+from blackbox_audit.manifest import Manifest
 from blackbox_audit.records import Completion
 from blackbox_audit.redact import Redactor
 from blackbox_audit.rundir import RunDir
@@ -55,7 +56,9 @@ def test_damage_in_the_middle_is_a_clear_error(tmp_path):
 def test_manifest_is_redacted_and_atomic(tmp_path):
     secret = "my-very-secret-token-123"
     run = RunDir(tmp_path, Redactor([secret]))
-    run.write_manifest({"note": f"key={secret}", "n": 1})
+    run.write_manifest(Manifest(status="done", warnings=[f"key={secret}"],
+                                extra={"note": f"key={secret}", "n": 1}))
     assert secret not in run.manifest_path.read_text()
-    assert run.read_manifest()["n"] == 1
+    back = run.read_manifest()
+    assert back.extra["n"] == 1 and back.status == "done"   # unknown keys kept as they were
     assert not list(tmp_path.glob("*.tmp"))

@@ -54,13 +54,13 @@ def test_rank_within_groups_and_leave_out_bad_rows():
     ranked, left_out = rank(comps, scores, RankConfig("ppl_diff", min_tokens=5))
     groups = {}
     for r in ranked:
-        groups.setdefault((r["corpus"], r["framing"]), []).append((r["rank"], r["prefill_id"]))
+        groups.setdefault((r.corpus, r.framing), []).append((r.rank, r.prefill_id))
     assert groups == {("prose", "raw"): [(0, "b"), (1, "c"), (2, "a")],
                       ("prose", "chat"): [(0, "a")], ("code", "raw"): [(0, "d")]}
     assert left_out == {"degraded": 1, "failed": 1, "too_short": 1, "unscored": 1}
 
     by_nll, _ = rank(comps, scores, RankConfig("nll_diff", min_tokens=0))
-    prose_raw = [r["prefill_id"] for r in by_nll if (r["corpus"], r["framing"]) == ("prose",
+    prose_raw = [r.prefill_id for r in by_nll if (r.corpus, r.framing) == ("prose",
                                                                                      "raw")]
     assert prose_raw == ["a", "c", "b", "g"]
 
@@ -78,7 +78,7 @@ def test_repetition_filter_is_off_by_default_and_drops_degenerate_text_when_on()
     ranked, left_out = rank(comps, scores, RankConfig())
     assert len(ranked) == 3 and not left_out
     ranked, left_out = rank(comps, scores, RankConfig(min_compression_ratio=0.2))
-    assert [r["prefill_id"] for r in ranked] == ["p"] and left_out == {"repetitive": 2}
+    assert [r.prefill_id for r in ranked] == ["p"] and left_out == {"repetitive": 2}
     assert compression_ratio(texts["p"]) > 0.5 > 0.2 > compression_ratio(texts["z"])
     with pytest.raises(ConfigError):
         RankConfig(min_compression_ratio=1.5)

@@ -1,0 +1,348 @@
+"""One resolved plan: every setting of an audit decided once, before anything runs.
+
+``plan(**settings)`` takes what a user gives (the CLI's flags, or keyword arguments in
+Python), checks it, and resolves it into a frozen :class:`Plan`: the target parsed (credentials
+moved out of its URL), the framings and chat mode the target allows, the reference model, the
+prefill source, the prices, the retry policy and the process-wide settings. Every stage
+(generate, score, rank, report) is a function of (part of) the plan and the run directory;
+nothing resolves a setting again and nothing changes a plan after it is built (a test walks it
+for anything mutable).
+
+The plan holds no secret: the API key stays in its environment variable until the generation
+stage reads it (credentials.read_key).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .framing import ALL_FRAMINGS, FRAMINGS
+from .noise import given_floor
+from .rank import REFERENCE_ONLY_KEYS, RankConfig
+from .records import SCORE_KEYS
+from .reference import ReferenceSpec
+from .transport import MODES, RetryPolicy
+
+# Settings that decide which requests a run sends: a resumed run must match them (the
+# manifest's "generation" block; unchanged keys, so run directories of earlier versions
+# resume).
+GENERATION_KEYS = ("model", "framings", "chat_mode", "prefills", "corpora", "per_corpus",
+                   "prefill_tokens", "prefill_tokenizer", "seed", "max_tokens", "top_logprobs")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """An audit's settings as given (the CLI's flags one for one), before resolution.
+
+    ``per_corpus`` None means every prefill the source has; ``target`` is ``KIND:MODEL``
+    (providers/registry.py), else ``base_url`` + ``model`` name an OpenAI-compatible server.
+    """
+
+    out: str | Path
+    target: str | None = None
+    base_url: str | None = None
+    model: str = ""
+    api_key_env: str | None = None
+    flavour: str = "auto"
+    framings: tuple[str, ...] | list[str] = FRAMINGS
+    chat_mode: str = "template"          # template: render client-side; prefill: server-side
+    chat_template: str | None = None     # Jinja file; default: the reference tokenizer's
+    prefills: str = "builtin"
+    corpora: tuple[str, ...] | list[str] | None = None
+    per_corpus: int | None = 1000
+    prefill_tokens: int = 3
+    prefill_tokenizer: str = "reference"
+    seed: int = 0
+    max_tokens: int = 100
+    top_logprobs: int = 5
+    concurrency: int = 16                # the cap on requests in flight (adaptive below it)
+    start_concurrency: int | None = None  # where the adaptive window starts: min(cap, 8)
+    retries: int = 3                     # extra attempts per request (tenacity, bounded)
+    timeout: float = 120.0
+    retry: RetryPolicy | None = None     # a whole policy (overrides retries and timeout)
+    record_mode: str = "auto"
+    fixtures: str | Path | None = None   # default: <out>/exchanges.jsonl
+    reference: str | None = None
+    device: str | None = None
+    alignment: str = "auto"
+    rank_key: str = "ppl_diff"
+    min_tokens: int = 5
+    min_compression_ratio: float = 0.0
+    noise_floor: str | float | None = None  # nats/token or a base run dir (docs/scores.md)
+    generate_only: bool = False          # stop after generation (recording fixtures)
+    max_degraded_share: float = 0.25
+    quiet: bool = False
+    reference_only: bool = False         # degraded mode for targets without logprobs
+    pricing: str | None = None           # JSON file over the built-in pricing table
+    verify_prompts: bool = False         # echo every prompt back; mark prefill_altered rows
+    torch_threads: int | None = None     # default: the machine's cores
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """What decides the requests: a resumed run must have the same."""
+
+    model: str
+    framings: tuple[str, ...]
+    chat_mode: str
+    chat_template: str | None
+    prefills: str
+    corpora: tuple[str, ...] | None
+    per_corpus: int | None
+    prefill_tokens: int
+    prefill_tokenizer: str
+    seed: int
+    max_tokens: int
+    top_logprobs: int
+
+    def settings(self) -> dict[str, Any]:
+        """The manifest's "generation" block (lists, as earlier versions wrote it)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: values[k] for k in GENERATION_KEYS}
+        out["framings"] = list(self.framings)
+        out["corpora"] = list(self.corpora) if self.corpora is not None else None
+        return out
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """USD per million tokens (input, output) by model name, and where the prices came from
+    (preflight.load_pricing): loaded once per run."""
+
+    entries: tuple[tuple[str, tuple[float, float]], ...]
+    source: str
+    path: str | None = None             # the user's file over the built-in table
+
+    @classmethod
+    def load(cls, path: str | None) -> PriceTable:
+        from .preflight import load_pricing
+
+        table, source = load_pricing(path)
+        return cls(tuple(sorted(table.items())), source, path)
+
+    def as_dict(self) -> dict[str, tuple[float, float]]:
+        return dict(self.entries)
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    """Where and how to ask: the target, its credentials' variable, the transport."""
+
+    target: Any                         # providers.registry.Target (frozen)
+    target_arg: str | None              # KIND:MODEL as given, if it was
+    api_key_env: str | None
+    record_mode: str
+    fixtures: Path
+    timeout: float
+    concurrency: int
+    start_concurrency: int | None
+    retry: RetryPolicy
+    verify_prompts: bool
+    reference_only: bool
+    token_ids: bool                     # the run scores token ids: ask where only on request
+    prices: PriceTable
+
+    @property
+    def base_url(self) -> str | None:
+        return self.target.base_url
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """The reference, how completions are aligned to it, and how rows are ranked."""
+
+    reference: ReferenceSpec
+    device: str | None
+    alignment: str
+    chat_template: str | None
+    ranking: RankConfig
+    noise_floor: str | float | None     # given: nats/token or a base run's directory
+    reference_arg: str | None = None    # --reference as given (None: the packaged default)
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Process-wide settings, applied by the entry point (the CLI, a scorer replica) with
+    :func:`blackbox_audit.runtime.apply`, never by library code."""
+
+    torch_threads: int
+    quiet_libraries: bool = True
+
+
+@dataclass(frozen=True)
+class Plan:
+    out: Path
+    generation: GenerationPlan
+    endpoint: EndpointPlan
+    scoring: ScoringPlan
+    process: ProcessSettings
+    mode: str                           # perplexity-difference | reference-only
+    generate_only: bool
+    max_degraded_share: float
+    quiet: bool
+    warnings: tuple[str, ...] = ()
+
+    def config_json(self) -> dict[str, Any]:
+        """The manifest's "config" block: the settings as resolved, in the keys earlier
+        versions wrote (so ``score RUN`` and older tools read it)."""
+        g, e, s = self.generation, self.endpoint, self.scoring
+        return {
+            "out": str(self.out), "base_url": e.base_url, "model": g.model,
+            "api_key_env": e.api_key_env, "flavour": e.target.flavour or "auto",
+            "framings": list(g.framings), "chat_mode": g.chat_mode,
+            "chat_template": g.chat_template, "prefills": g.prefills,
+            "corpora": list(g.corpora) if g.corpora is not None else None,
+            "per_corpus": g.per_corpus, "prefill_tokens": g.prefill_tokens,
+            "prefill_tokenizer": g.prefill_tokenizer, "seed": g.seed,
+            "max_tokens": g.max_tokens, "top_logprobs": g.top_logprobs,
+            "concurrency": e.concurrency, "start_concurrency": e.start_concurrency,
+            "retries": e.retry.attempts - 1, "timeout": e.timeout,
+            "record_mode": e.record_mode, "fixtures": str(e.fixtures),
+            "reference": s.reference_arg,
+            "device": s.device, "alignment": s.alignment, "rank_key": s.ranking.key,
+            "min_tokens": s.ranking.min_tokens,
+            "min_compression_ratio": s.ranking.min_compression_ratio,
+            "noise_floor": s.noise_floor, "generate_only": self.generate_only,
+            "max_degraded_share": self.max_degraded_share,
+            "target": e.target_arg, "reference_only": e.reference_only,
+            "pricing": e.prices.path, "verify_prompts": e.verify_prompts,
+        }
+
+
+def plan(**settings: Any) -> Plan:
+    """Resolve an audit's settings (:class:`Settings`' fields as keywords) into a Plan."""
+    unknown = sorted(set(settings) - {f.name for f in fields(Settings)})
+    if unknown:
+        raise ConfigError(f"Unknown setting {', '.join(unknown)}; the settings are "
+                          f"{', '.join(f.name for f in fields(Settings))}.")
+    return resolve(Settings(**settings))
+
+
+def resolve(s: Settings) -> Plan:
+    """Check every setting and decide everything that can be decided before a call."""
+    from providers.registry import parse_target
+
+    from .preflight import static_plan
+
+    framings = tuple(s.framings)
+    bad = [f for f in framings if f not in ALL_FRAMINGS]
+    if bad or not framings:
+        raise ConfigError(f"Unknown framing {', '.join(bad) or '(none)'}; choose from "
+                          f"{', '.join(ALL_FRAMINGS)}.")
+    if s.record_mode not in MODES:
+        raise ConfigError(f"--record-mode must be one of {', '.join(MODES)}.")
+    if s.chat_mode not in ("template", "prefill"):
+        raise ConfigError("--chat-mode must be template or prefill.")
+    if s.alignment not in ("auto", "ids", "text"):
+        raise ConfigError("--alignment must be auto, ids or text.")
+    if not s.base_url and not s.target and s.record_mode != "replay":
+        raise ConfigError("--base-url is required (the target's OpenAI-compatible endpoint, "
+                          "e.g. http://127.0.0.1:8080/v1), unless you --replay fixtures.")
+    if not s.model and not s.target:
+        raise ConfigError("--model is required: the target model's name at the endpoint.")
+    rank_key = s.rank_key
+    if s.reference_only and rank_key == "ppl_diff":
+        rank_key = "nll_ref"  # the only key without target logprobs
+    if s.reference_only and rank_key != "nll_ref":
+        raise ConfigError(f"--reference-only ranks by reference surprisal (--rank-by "
+                          f"nll_ref); {rank_key} needs target log-probabilities.")
+    if rank_key not in SCORE_KEYS + REFERENCE_ONLY_KEYS:
+        raise ConfigError(f"Cannot rank by {rank_key!r}; choose one of "
+                          f"{', '.join(SCORE_KEYS + REFERENCE_ONLY_KEYS)}.")
+    for name, value, lo in (("--max-tokens", s.max_tokens, 1),
+                            ("--top-logprobs", s.top_logprobs, 1),
+                            ("--concurrency", s.concurrency, 1),
+                            ("--start-concurrency", 1 if s.start_concurrency is None
+                             else s.start_concurrency, 1),
+                            ("--retries", s.retries, 0),
+                            ("--prefill-tokens", s.prefill_tokens, 1)):
+        if value < lo:
+            raise ConfigError(f"{name} must be at least {lo}.")
+    if s.noise_floor is not None:
+        given_floor(s.noise_floor)  # a bad floor fails now, not after generation
+    if not 0.0 <= s.max_degraded_share <= 1.0:
+        raise ConfigError("--max-degraded-share must be between 0 and 1.")
+    ranking = RankConfig(rank_key, s.min_tokens, s.min_compression_ratio)
+
+    target = parse_target(s.target, base_url=s.base_url, model=s.model or None,
+                          api_key_env=s.api_key_env, flavour=s.flavour)
+    api_key_env = s.api_key_env if s.record_mode == "replay" or not s.target \
+        else target.api_key_env
+    planned, warnings, chat_mode = static_plan(target, list(framings), s.chat_mode,
+                                               s.reference_only)
+    out = Path(s.out)
+    retry = s.retry or RetryPolicy(attempts=s.retries + 1, attempt_timeout=s.timeout)
+    if retry.attempt_timeout is None:
+        retry = replace(retry, attempt_timeout=s.timeout)
+    generation = GenerationPlan(
+        model=target.model, framings=tuple(planned), chat_mode=chat_mode,
+        chat_template=s.chat_template, prefills=s.prefills,
+        corpora=tuple(s.corpora) if s.corpora else None, per_corpus=s.per_corpus,
+        prefill_tokens=s.prefill_tokens, prefill_tokenizer=s.prefill_tokenizer, seed=s.seed,
+        max_tokens=s.max_tokens, top_logprobs=s.top_logprobs)
+    endpoint = EndpointPlan(
+        target=target, target_arg=s.target, api_key_env=api_key_env,
+        record_mode=s.record_mode,
+        fixtures=Path(s.fixtures) if s.fixtures else out / "exchanges.jsonl",
+        timeout=s.timeout, concurrency=s.concurrency, start_concurrency=s.start_concurrency,
+        retry=retry, verify_prompts=s.verify_prompts, reference_only=s.reference_only,
+        token_ids=s.alignment == "ids", prices=PriceTable.load(s.pricing))
+    scoring = ScoringPlan(reference=ReferenceSpec.parse(s.reference), device=s.device,
+                          alignment=s.alignment, chat_template=s.chat_template,
+                          ranking=ranking, noise_floor=s.noise_floor,
+                          reference_arg=s.reference)
+    return Plan(out=out, generation=generation, endpoint=endpoint, scoring=scoring,
+                process=process_settings(s.torch_threads),
+                mode="reference-only" if s.reference_only else "perplexity-difference",
+                generate_only=s.generate_only, max_degraded_share=s.max_degraded_share,
+                quiet=s.quiet, warnings=tuple(warnings))
+
+
+def scoring_plan(reference: str | None = None, device: str | None = None,
+                 alignment: str = "auto", rank_key: str = "ppl_diff", min_tokens: int = 5,
+                 min_compression_ratio: float = 0.0, noise_floor: str | float | None = None,
+                 chat_template: str | None = None, reference_only: bool = False
+                 ) -> ScoringPlan:
+    """The scoring and ranking part alone, for ``score RUN`` (a run already generated):
+    ``chat_template`` and ``reference_only`` come from the run's manifest."""
+    if alignment not in ("auto", "ids", "text"):
+        raise ConfigError("--alignment must be auto, ids or text.")
+    if reference_only and rank_key != "nll_ref":
+        if rank_key != "ppl_diff":
+            raise ConfigError(f"This is a --reference-only run (no target log-probabilities): "
+                              f"it ranks by nll_ref, not {rank_key}.")
+        rank_key = "nll_ref"
+    if noise_floor is not None:
+        given_floor(noise_floor)
+    return ScoringPlan(reference=ReferenceSpec.parse(reference), device=device,
+                       alignment=alignment, chat_template=chat_template,
+                       ranking=RankConfig(rank_key, min_tokens, min_compression_ratio),
+                       noise_floor=noise_floor, reference_arg=reference)
+
+
+def process_settings(torch_threads: int | None = None) -> ProcessSettings:
+    cores = os.cpu_count() or 1
+    if torch_threads is not None and torch_threads < 1:
+        raise ConfigError("--threads must be at least 1.")
+    return ProcessSettings(torch_threads=torch_threads or cores)
+
+
+def mutable_parts(value: Any, path: str = "plan") -> list[str]:
+    """Where a value holds something that could change after it is built: a non-frozen
+    dataclass, a list, a dict or a set (the test of the plan's immutability uses this)."""
+    found: list[str] = []
+    if is_dataclass(value) and not isinstance(value, type):
+        if not value.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            found.append(f"{path} ({type(value).__name__} is not frozen)")
+        for f in fields(value):
+            found += mutable_parts(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, list | dict | set | bytearray):
+        found.append(f"{path} ({type(value).__name__})")
+    elif isinstance(value, tuple | frozenset):
+        for i, v in enumerate(value):
+            found += mutable_parts(v, f"{path}[{i}]")
+    return found
