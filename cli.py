@@ -332,12 +332,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = ba.audit(p)
         if p.generate_only:
             return 0
-        presentation.show_top(result.ranked, args.top, spec)
+        flagged = ba.flagged_ids(result.ranked, spec)   # once, for the terminal and the page
+        presentation.show_top(result.ranked, args.top, spec, flagged=flagged)
         presentation.audit_summary(result.manifest.counts.to_json(), result.run.path)
         if not args.no_report:
             from blackbox_audit.report import render
 
-            r = render(result.run.path, spec)
+            r = render(result.run.path, spec, flagged=flagged)
             print(f"report: {r.path} (self-contained; open it in a browser)")
         return 0
     if args.command == "probe":

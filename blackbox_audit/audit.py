@@ -100,8 +100,7 @@ def build_requests(g: GenerationPlan, reference: ReferenceSpec, quiet: bool = Tr
     tokenizer = tokenizer_for(reference)
     template = chat_template(g.chat_template, tokenizer, reference.name,
                              any(f != "raw" for f in g.framings))
-    counter = (tokenizer if g.prefill_tokenizer == "reference"
-               else tokenizer_for(ReferenceSpec.parse(g.prefill_tokenizer)))
+    counter = tokenizer if g.prefill_counter is None else tokenizer_for(g.prefill_counter)
     cut = make_cutter(lambda s: counter(s, add_special_tokens=False).input_ids, counter.decode)
     docs = count_progress(documents(g.prefills), "prefills", "documents read", quiet=quiet)
     prefills = select_prefills(docs, cut, g.prefill_tokens, g.per_corpus, g.seed,

@@ -98,6 +98,7 @@ class GenerationPlan:
     seed: int
     max_tokens: int
     top_logprobs: int
+    prefill_counter: ReferenceSpec | None = None  # the tokenizer that counts; None: reference
 
     def settings(self) -> dict[str, Any]:
         """The manifest's "generation" block (lists, as earlier versions wrote it)."""
@@ -283,7 +284,9 @@ def resolve(s: Settings) -> Plan:
         chat_template=s.chat_template, prefills=s.prefills,
         corpora=tuple(s.corpora) if s.corpora else None, per_corpus=s.per_corpus,
         prefill_tokens=s.prefill_tokens, prefill_tokenizer=s.prefill_tokenizer, seed=s.seed,
-        max_tokens=s.max_tokens, top_logprobs=s.top_logprobs)
+        max_tokens=s.max_tokens, top_logprobs=s.top_logprobs,
+        prefill_counter=None if s.prefill_tokenizer == "reference"
+        else ReferenceSpec.parse(s.prefill_tokenizer))
     endpoint = EndpointPlan(
         target=target, target_arg=s.target, api_key_env=api_key_env,
         record_mode=s.record_mode,

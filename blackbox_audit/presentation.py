@@ -31,12 +31,14 @@ FALLBACK_LABEL = "fallback framing: the prefill in the user turn, not the paper'
 
 
 def show_top(ranked: list[RankedRow], top: int, spec: OrganismSpec | None = None,
-             out: TextIO | None = None, plain: bool = False) -> None:
+             out: TextIO | None = None, plain: bool = False,
+             flagged: frozenset[str] | None = None) -> None:
     """The top ``top`` rows of each (corpus, framing) ranking; with a spec, matching rows get
-    a '*' and each framing says how many of its top rows match. ``plain``: lines even on a
-    terminal."""
+    a '*' and each framing says how many of its top rows match (``flagged``: the matching
+    ids, when the caller has them already). ``plain``: lines even on a terminal."""
     out = out or sys.stdout
-    flagged = flagged_ids(ranked, spec)
+    if flagged is None:
+        flagged = flagged_ids(ranked, spec)
     rich = use_rich(out) and not plain
     if rich:
         top_table(ranked, top, flagged if spec else None, out)

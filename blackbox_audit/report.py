@@ -331,15 +331,20 @@ def _env():
 
 
 def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: str | None = None,
-           token_rows: int | None = None, out: str | Path | None = None) -> ReportResult:
-    """Write ``report.html`` (or ``out``) for a run directory."""
+           token_rows: int | None = None, out: str | Path | None = None,
+           flagged: frozenset[str] | None = None) -> ReportResult:
+    """Write ``report.html`` (or ``out``) for a run directory. ``flagged``: the ids matching
+    ``spec``, when the caller has them already (flagged once per command)."""
     t0 = time.monotonic()
     run = RunDir(run_path)
     manifest = run.read_manifest()
     ranked = run.load_ranked()
     if not ranked:
         raise ConfigError(f"{run.path} has no ranked.jsonl; run audit or score first.")
-    flagged = flagged_ids(ranked, spec) if spec else None
+    if spec and flagged is None:
+        flagged = flagged_ids(ranked, spec)
+    elif not spec:
+        flagged = None
     ref = reference_name(run, manifest, reference)
     rows, with_tokens = report_rows(run, ranked, ref, token_rows, flagged)
     key = ranked[0].rank_key or "ppl_diff"
