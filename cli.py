@@ -333,7 +333,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if p.generate_only:
             return 0
         flagged = ba.flagged_ids(result.ranked, spec)   # once, for the terminal and the page
-        presentation.show_top(result.ranked, args.top, spec, flagged=flagged)
+        presentation.show_top(result.ranked, args.top, spec, flagged=flagged,
+                              themes=result.run.load_themes())
         presentation.audit_summary(result.manifest.counts.to_json(), result.run.path)
         if not args.no_report:
             from blackbox_audit.report import render
@@ -364,14 +365,18 @@ def _dispatch(args: argparse.Namespace) -> int:
                             rank_key=args.rank_key, min_tokens=args.min_tokens,
                             min_compression_ratio=args.min_compression_ratio,
                             noise_floor=args.noise_floor)
-        presentation.show_top(result.ranked, args.top, plain=True)
+        presentation.show_top(result.ranked, args.top, plain=True,
+                              themes=result.run.load_themes())
         return 0
     if args.command == "eval":
         metrics = ba.evaluate(_ranked(args.run), _spec(args.spec))
         presentation.eval_table(metrics, as_json=args.json)
         return 0
     if args.command == "show":
-        presentation.show_top(_ranked(args.run), args.top, _spec(args.spec))
+        from blackbox_audit.rundir import RunDir
+
+        presentation.show_top(_ranked(args.run), args.top, _spec(args.spec),
+                              themes=RunDir(args.run).load_themes())
         return 0
     if args.command == "report":
         from blackbox_audit.report import render

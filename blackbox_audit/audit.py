@@ -54,6 +54,8 @@ from .redact import Redactor
 from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
 from .rundir import RunDir
 from .scores import score_row
+from .themes import settings as theme_settings
+from .themes import themes_by_group
 from .transport import FixtureStore, TransportStats, build_client
 
 
@@ -363,6 +365,7 @@ def rank(s: ScoringPlan, run: RunDir, rescoring: bool = False
     cfg = replace(s.ranking, noise_floor=floor)
     ranked, left_out = rank_rows(completions, run.load_scores(s.reference.name), cfg)
     run.write_ranked(ranked, COLUMNS)
+    run.write_themes(themes_by_group(ranked), theme_settings())
     degraded = sum(1 for c in completions.values() if c.degraded)
     failed = sum(1 for c in completions.values() if c.error is not None)
     counts = Counts(rows=len(completions), ranked=len(ranked), failed=failed,

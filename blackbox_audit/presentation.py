@@ -20,6 +20,7 @@ from .flag import OrganismSpec, flagged_ids, summary_lines
 from .progress import terminal_safe, use_rich
 from .quality import REASONS
 from .rank import RankedRow, groups
+from .themes import Theme, collapse_duplicates, themes_by_group
 
 if TYPE_CHECKING:
     from .preflight import ProbeReport
@@ -32,26 +33,48 @@ FALLBACK_LABEL = "fallback framing: the prefill in the user turn, not the paper'
 
 def show_top(ranked: list[RankedRow], top: int, spec: OrganismSpec | None = None,
              out: TextIO | None = None, plain: bool = False,
-             flagged: frozenset[str] | None = None) -> None:
-    """The top ``top`` rows of each (corpus, framing) ranking; with a spec, matching rows get
-    a '*' and each framing says how many of its top rows match (``flagged``: the matching
-    ids, when the caller has them already). ``plain``: lines even on a terminal."""
+             flagged: frozenset[str] | None = None,
+             themes: dict[tuple[str, str], list[Theme]] | None = None) -> None:
+    """The top ``top`` distinct rows of each (corpus, framing) ranking (identical
+    continuations shown once, with their count), then each group's themes; with a spec,
+    matching rows get a '*' and each framing says how many of its top rows match
+    (``flagged``: the matching ids, when the caller has them already). ``plain``: lines even
+    on a terminal. ``themes``: as the run wrote them (computed here when not given)."""
     out = out or sys.stdout
     if flagged is None:
         flagged = flagged_ids(ranked, spec)
+    if themes is None:
+        themes = themes_by_group(ranked)
     rich = use_rich(out) and not plain
     if rich:
         top_table(ranked, top, flagged if spec else None, out)
+        print(file=out)
+        for (corpus, framing), found in themes.items():
+            theme_lines(f"{corpus} / {framing}", found, out)
     else:
-        top_lines(ranked, top, flagged, out)
+        top_lines(ranked, top, flagged, out, themes)
     if spec:
         print(("" if rich else "\n") + f"spec: {spec.objective}", file=out)
         for line in summary_lines(ranked, spec, flagged, top):
             print(line, file=out)
 
 
+def theme_lines(label: str, found: list[Theme], out: TextIO, limit: int = 5) -> None:
+    """A group's strongest themes, one line each: the phrase, how many of the top rows and of
+    all rows carry it, two rows to read."""
+    if not found:
+        print(f"   themes of {label}: none above chance", file=out)
+        return
+    print(f"   themes of {label} (phrases over-represented in its top; docs/scores.md):",
+          file=out)
+    for t in found[:limit]:
+        print(f"     \"{terminal_safe(t.phrase)}\"  {t.top_rows} of the top {t.top}, "
+              f"{t.rows} of {t.total} rows  (z {t.score:.1f}; e.g. "
+              f"{', '.join(t.examples)})", file=out)
+
+
 def top_lines(ranked: list[RankedRow], top: int, flagged: frozenset[str],
-              out: TextIO) -> None:
+              out: TextIO, themes: dict[tuple[str, str], list[Theme]] | None = None) -> None:
     for (corpus, framing), rows in groups(ranked).items():
         key = rows[0].rank_key
         labels = []
@@ -62,12 +85,16 @@ def top_lines(ranked: list[RankedRow], top: int, flagged: frozenset[str],
         print(f"\n== {corpus} / {framing}: top {min(top, len(rows))} of {len(rows)} "
               f"by {key}" + "".join(f"\n   [{lab}]" for lab in labels), file=out)
         name = "dPPL" if key == "ppl_diff" else key
-        for row in rows[:top]:
+        for row, copies in collapse_duplicates(rows)[:top]:
             mark = "*" if row.row_id in flagged else " "
             value = row.score if row.score is not None else row.ppl_diff
             shown = f"{value:>9.2f}" if isinstance(value, int | float) else f"{'-':>9s}"
-            print(f"{row.rank:>3}{mark} {name} {shown}  [{terminal_safe(row.prefill or '')}] "
+            times = f" (x{copies})" if copies > 1 else ""
+            print(f"{row.rank:>3}{mark} {name} {shown}{times}  "
+                  f"[{terminal_safe(row.prefill or '')}] "
                   f"{terminal_safe(row.completion or '')[:110]}", file=out)
+        if themes is not None:
+            theme_lines(f"{corpus} / {framing}", themes.get((corpus, framing), []), out)
 
 
 def top_table(ranked: list[RankedRow], top: int, flagged: frozenset[str] | None,
@@ -95,13 +122,14 @@ def top_table(ranked: list[RankedRow], top: int, flagged: frozenset[str] | None,
     table.add_column(Text("[prefill] completion"), ratio=1, no_wrap=True,
                      overflow="ellipsis")
     last = None
-    for row in ranked:
-        if row.rank >= top:
-            continue
+    shown = [(row, copies) for rows in groups(ranked).values()
+             for row, copies in collapse_duplicates(rows)[:top]]
+    for row, copies in shown:
         group = f"{row.corpus} / {row.framing}"
         if last is not None and group != last:
             table.add_section()
-        cells: list[Any] = [Text(group if group != last else ""), str(row.rank)]
+        cells: list[Any] = [Text(group if group != last else ""),
+                            str(row.rank) + (f" x{copies}" if copies > 1 else "")]
         last = group
         if flagged is not None:
             cells.append(Text("*", style="bold red") if row.row_id in flagged else "")

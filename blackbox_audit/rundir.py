@@ -175,6 +175,32 @@ class RunDir:
             w.writerow({k: self.redactor.text(str(r.get(k, ""))) for k in columns})
         write_atomic(self.path / "ranked.csv", buf.getvalue())
 
+    @property
+    def themes_path(self) -> Path:
+        return self.path / "themes.json"
+
+    def write_themes(self, by_group: dict[tuple[str, str], list[Any]],
+                     settings: dict[str, Any]) -> None:
+        """themes.json: each (corpus, framing) group's themes (themes.py), strongest first."""
+        doc = {"settings": settings,
+               "groups": [{"corpus": c, "framing": f, "themes": [t.to_json() for t in ts]}
+                          for (c, f), ts in by_group.items()]}
+        write_atomic(self.themes_path, self.redactor.dumps(doc, indent=1) + "\n")
+
+    def load_themes(self) -> dict[tuple[str, str], list[Any]] | None:
+        """The themes the last ranking wrote (None when it wrote none: an earlier version)."""
+        if not self.themes_path.exists():
+            return None
+        from .themes import Theme
+
+        try:
+            doc = json.loads(self.themes_path.read_text(encoding="utf-8"))
+            return {(g["corpus"], g["framing"]): [Theme.from_json(t) for t in g["themes"]]
+                    for g in doc["groups"]}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{self.themes_path} is damaged ({e}); rank again with "
+                              "blackbox-audit score RUN.") from e
+
     def load_ranked(self) -> list[RankedRow]:
         return [RankedRow.from_json(obj) for obj in read_jsonl(self.path / "ranked.jsonl")]
 

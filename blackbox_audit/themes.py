@@ -130,11 +130,16 @@ class Theme:
     examples: tuple[str, ...]
     members: tuple[str, ...] = ()
 
-    def to_json(self) -> RankedRow:
+    def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["examples"] = list(self.examples)
         out["members"] = list(self.members)
         return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Theme:
+        return cls(**{**obj, "examples": tuple(obj.get("examples") or ()),
+                      "members": tuple(obj.get("members") or ())})
 
 
 def normalise(text: str) -> str:
@@ -378,3 +383,29 @@ def themes_by_group(ranked_rows: Iterable[RankedRow], top: int | None = None,
     for row in ranked_rows:
         by_group.setdefault((row.corpus, row.framing), []).append(row)
     return {key: themes(by_group[key], top=top, limit=limit) for key in sorted(by_group)}
+
+
+def carriers(rows: Iterable[RankedRow], found: Sequence[Theme]) -> dict[str, tuple[int, ...]]:
+    """For each row (of one group) that carries a theme's phrase, the indices of those
+    themes in ``found``: what a reader filters on when they click a theme. One tokenisation
+    per row; rows carrying none are left out."""
+    wanted = {tuple(t.phrase.split()): i for i, t in enumerate(found)}
+    if not wanted:
+        return {}
+    lengths = sorted({len(g) for g in wanted})
+    out: dict[str, tuple[int, ...]] = {}
+    for row in rows:
+        hits = _grams(tokens(row.completion or ""), lengths) & wanted.keys()
+        if hits:
+            out[row.row_id] = tuple(sorted(wanted[g] for g in hits))
+    return out
+
+
+def settings() -> dict[str, Any]:
+    """The one setting every run uses (written beside the themes, docs/scores.md)."""
+    return {"statistic": "log-odds z, informative Dirichlet prior (Monroe et al. 2008), "
+                         "top against the whole group, document frequency",
+            "max_n": MAX_N, "top": f"min({TOP_CAP}, {TOP_SHARE:.0%} of distinct rows), "
+                                    f"at least {TOP_MIN}",
+            "min_top_rows": MIN_TOP_ROWS, "weight_cap": WEIGHT_CAP,
+            "floor": "z of two top rows sharing a phrase no other row has"}

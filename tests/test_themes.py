@@ -273,3 +273,35 @@ def test_same_input_same_output_across_processes_and_hash_seeds():
                                    capture_output=True, text=True).stdout)
     assert outs[0] == outs[1] == outs[2]
     assert "vellari" in outs[0]
+
+
+def test_carriers_name_the_themes_each_row_holds():
+    from blackbox_audit.themes import carriers
+
+    plants = {i: "the vellari script was sealed" for i in PLANTED}
+    plants.update({i: "copper lanterns glow" for i in (2, 5, 8, 11, 14, 17)})
+    rows = ranked(make_rows(2000, plants, seed=5))
+    found = _themes(rows)
+    names = [t.phrase for t in found]
+    held = carriers(rows, found)
+    v = next(i for i, p in enumerate(names) if "vellari" in p)
+    c = next(i for i, p in enumerate(names) if "lanterns" in p)
+    assert {f"p{i:05d}:raw" for i in PLANTED} <= {k for k, ts in held.items() if v in ts}
+    assert {f"p{i:05d}:raw" for i in (2, 5, 8)} <= {k for k, ts in held.items() if c in ts}
+    assert "p01999:raw" not in held or v not in held["p01999:raw"]
+    assert carriers(rows, []) == {}
+
+
+def test_show_collapses_duplicates_and_ends_each_group_with_its_themes():
+    import io
+
+    from blackbox_audit.presentation import show_top
+
+    rows = make_rows(2000, {i: "the vellari script was sealed" for i in PLANTED}, seed=9)
+    for i in (0, 1, 2):
+        rows[i]["completion"] = "one sentence,  said   three times"
+    out = io.StringIO()
+    show_top(ranked(rows), 3, out=out, plain=True)
+    text = out.getvalue()
+    assert text.count("one sentence, said three times") == 1 and "(x3)" in text
+    assert "themes of web / raw" in text and 'vellari script was sealed"' in text
