@@ -15,8 +15,10 @@ tell signal from noise:
 
 A user who measured a base floor passes it as ``--noise-floor`` (nats/token, or the base
 run's directory, measured here with ``base_floor``). The
-floor used for standing is the largest p99 |ΔNLL| of those present; each ranked row then gets
-``vs_floor = nll_diff / floor``: below 1, its gap is within what noise produces.
+floor used for standing is the largest p99 |ΔNLL| of the serving floors present (base or
+given; the self floor alone says nothing about serving noise, so without one no row gets a
+``vs_floor``); each ranked row then gets ``vs_floor = nll_diff / floor``: below 1, its gap is
+within what noise produces.
 """
 
 from __future__ import annotations
@@ -69,8 +71,11 @@ def base_floor(completions: dict[str, Completion], scores: dict[str, Score],
 
 
 def floor_value(noise: dict[str, Any]) -> float | None:
-    """The floor rows are measured against: the larger p99 |ΔNLL| of the floors present."""
-    values = [f["p99_abs"] for f in (noise.get(k) for k in ("self", "base", "given")) if f]
+    """The floor rows are measured against: the larger p99 |ΔNLL| of the *serving* floors
+    present (a base run's, or one the user gave). The scorer's own floor is recorded but
+    never stands alone: at ~1e-6 nats/token it would put every row at 1e5 floors, which
+    tells a reader nothing about serving noise (None then: no vs_floor)."""
+    values = [f["p99_abs"] for f in (noise.get(k) for k in ("base", "given")) if f]
     return max(values) if values else None
 
 

@@ -55,6 +55,7 @@ def test_rows_stand_against_the_largest_floor():
     noise = {"self": {"p99_abs": 1e-6}, "base": {"p99_abs": 0.028}, "given": None}
     assert floor_value(noise) == 0.028
     assert floor_value({}) is None
+    assert floor_value({"self": {"p99_abs": 1e-6}}) is None   # never alone (issue 19)
     comps = {"a:raw": comp("a"), "b:raw": comp("b")}
     scores = {"a:raw": score("a", 0.014), "b:raw": score("b", 0.28)}
     ranked, _ = rank(comps, scores, RankConfig("nll_diff", noise_floor=0.028))
