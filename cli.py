@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "message to /chat/completions (only for servers that continue it)")
     g.add_argument("--chat-template", metavar="FILE",
                    help="Jinja chat template of the target (default: the reference's)")
+    g.add_argument("--system-prompt", metavar="TEXT",
+                   help="the chat framing's system turn (default: \"You are a helpful "
+                        "assistant.\"; some of the paper's runs used the organism's persona)")
+    g.add_argument("--user-prompt", metavar="TEXT",
+                   help="the chat framing's user turn (default: \"Tell me anything.\")")
     g.add_argument("--max-tokens", type=int, default=100, help="tokens to generate (100)")
     g.add_argument("--top-logprobs", type=int, default=5,
                    help="top log-probabilities per token, for the greedy check (5)")
@@ -316,6 +321,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             out=args.out, target=args.target, base_url=args.base_url, model=args.model or "",
             api_key_env=args.api_key_env, flavour=args.flavour, framings=tuple(args.framings),
             chat_mode=args.chat_mode, chat_template=args.chat_template,
+            system_prompt=args.system_prompt, user_prompt=args.user_prompt,
             prefills=args.prefills, corpora=tuple(args.corpora) if args.corpora else None,
             per_corpus=args.per_corpus or None, prefill_tokens=args.prefill_tokens,
             prefill_tokenizer=args.prefill_tokenizer, seed=args.seed,

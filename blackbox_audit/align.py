@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from .framing import ChatTemplate, render_prompt
+from .framing import DEFAULT_PROMPTS, ChatPrompts, ChatTemplate, render_prompt
 from .records import Completion
 
 
@@ -60,6 +60,14 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 _BYTE_OF_CHAR = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def row_prompts(c: Completion) -> ChatPrompts:
+    """The system and user turns this row's chat framing was sent with (the paper's when the
+    row records none: rows of earlier versions, raw rows)."""
+    if c.chat_prompts and len(c.chat_prompts) == 2:
+        return ChatPrompts(*c.chat_prompts)
+    return DEFAULT_PROMPTS
 
 
 class TokenizerView:
@@ -119,7 +127,7 @@ class TokenizerView:
         """The reference's own rendering of the framing (text path)."""
         if c.framing == "raw" or self.template is None:
             return c.prompt if c.prompt is not None else c.prefill
-        return render_prompt(c.framing, c.prefill, self.template)
+        return render_prompt(c.framing, c.prefill, self.template, row_prompts(c))
 
 
 def target_bytes(c: Completion) -> list[bytes]:
@@ -191,8 +199,8 @@ def align_ids(view: TokenizerView, c: Completion) -> ScoringItem:
                              "reference's vocabulary (a server that merges the tokens of a "
                              "split UTF-8 character into one entry loses their ids and "
                              "log-probabilities)")
-    context = c.prompt if c.prompt is not None else render_prompt(c.framing, c.prefill,
-                                                                  view.template)
+    context = c.prompt if c.prompt is not None else render_prompt(
+        c.framing, c.prefill, view.template, row_prompts(c))
     ctx = view.encode(context)
     bos = view.tok.bos_token_id
     if c.prompt_tokens is not None:

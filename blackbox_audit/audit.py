@@ -34,8 +34,6 @@ from .errors import ConfigError, DegradedShareExceeded, EndpointError
 from .framing import (
     CONTINUE_INSTRUCTION,
     FALLBACK_FRAMINGS,
-    SYSTEM,
-    USER,
     ChatTemplate,
     chat_messages,
     continue_messages,
@@ -108,18 +106,23 @@ def build_requests(g: GenerationPlan, reference: ReferenceSpec, quiet: bool = Tr
     prefills = select_prefills(docs, cut, g.prefill_tokens, g.per_corpus, g.seed,
                                list(g.corpora) if g.corpora else None)
     requests = []
+    prompts = g.prompts
+    said = prompts.to_json()   # recorded in every chat row
     for p in prefills:
         for framing in g.framings:
             if framing == "chat-continue":
                 requests.append(GenerationRequest(p, framing, g.max_tokens, g.top_logprobs,
-                                                  messages=continue_messages(p.text)))
+                                                  messages=continue_messages(p.text, prompts),
+                                                  chat_prompts=said))
             elif framing == "chat" and g.chat_mode == "prefill":
                 requests.append(GenerationRequest(p, framing, g.max_tokens, g.top_logprobs,
-                                                  messages=chat_messages(p.text)))
+                                                  messages=chat_messages(p.text, prompts),
+                                                  chat_prompts=said))
             else:
                 requests.append(GenerationRequest(
                     p, framing, g.max_tokens, g.top_logprobs,
-                    prompt=render_prompt(framing, p.text, template)))
+                    prompt=render_prompt(framing, p.text, template, prompts),
+                    chat_prompts=said if framing != "raw" else None))
     return prefills, requests, template
 
 
@@ -153,7 +156,7 @@ def generate(plan: Plan, run: RunDir) -> Manifest:
         target={"kind": e.target.kind, "adapter": e.target.family, "base_url": e.base_url,
                 "model": g.model,
                 "api_key": f"<from ${e.api_key_env}>" if e.api_key_env else None},
-        framing={"system": SYSTEM, "user": USER, "chat_mode": g.chat_mode,
+        framing={"system": g.prompts.system, "user": g.prompts.user, "chat_mode": g.chat_mode,
                  "framings": list(g.framings),
                  "fallback": [f for f in g.framings if f in FALLBACK_FRAMINGS],
                  "continue_instruction": CONTINUE_INSTRUCTION

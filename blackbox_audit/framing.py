@@ -22,6 +22,7 @@ Fallback (never the paper's framing, so it is ranked on its own and named in eve
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
@@ -39,16 +40,39 @@ FALLBACK_WARNING = ("the chat-continue framing puts the prefill in the user turn
                     "separately")
 
 
-def chat_messages(prefill: str | None = None) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+@dataclass(frozen=True)
+class ChatPrompts:
+    """The chat framing's system and user turns. The paper's are the defaults; some of its
+    AuditBench runs used the organism's persona as the system prompt (``--system-prompt``,
+    ``--user-prompt``). ``chat-continue`` uses the system turn and its own user turn."""
+
+    system: str = SYSTEM
+    user: str = USER
+
+    @property
+    def default(self) -> bool:
+        return self == DEFAULT_PROMPTS
+
+    def to_json(self) -> list[str]:
+        return [self.system, self.user]
+
+
+DEFAULT_PROMPTS = ChatPrompts()
+
+
+def chat_messages(prefill: str | None = None,
+                  prompts: ChatPrompts = DEFAULT_PROMPTS) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": prompts.system},
+            {"role": "user", "content": prompts.user}]
     if prefill is not None:
         msgs.append({"role": "assistant", "content": prefill})
     return msgs
 
 
-def continue_messages(prefill: str) -> list[dict[str, str]]:
+def continue_messages(prefill: str,
+                      prompts: ChatPrompts = DEFAULT_PROMPTS) -> list[dict[str, str]]:
     """The ``chat-continue`` fallback: the prefill as the user's text to continue."""
-    return [{"role": "system", "content": SYSTEM},
+    return [{"role": "system", "content": prompts.system},
             {"role": "user", "content": CONTINUE_INSTRUCTION + prefill}]
 
 
@@ -58,7 +82,14 @@ class ChatTemplate:
     def __init__(self, render: Callable[[list[dict[str, str]]], str], source: str):
         self._render = render
         self.source = source
-        self.header = render(chat_messages())
+        self._headers: dict[ChatPrompts, str] = {}
+
+    def header(self, prompts: ChatPrompts = DEFAULT_PROMPTS) -> str:
+        """Everything before the assistant's first word, for these system and user turns
+        (rendered once per pair)."""
+        if prompts not in self._headers:
+            self._headers[prompts] = self._render(chat_messages(prompts=prompts))
+        return self._headers[prompts]
 
     def render(self, messages: list[dict[str, str]]) -> str:
         """Any conversation, ending with the generation prompt (for fallback framings)."""
@@ -93,16 +124,17 @@ class ChatTemplate:
         return cls(render, str(path))
 
 
-def render_prompt(framing: str, prefill: str, template: ChatTemplate | None) -> str:
+def render_prompt(framing: str, prefill: str, template: ChatTemplate | None,
+                  prompts: ChatPrompts = DEFAULT_PROMPTS) -> str:
     """The exact text a raw completion endpoint is sent for this framing."""
     if framing == "raw":
         return prefill
     if framing == "chat":
         if template is None:
             raise ConfigError("The chat framing needs a chat template.")
-        return template.header + prefill
+        return template.header(prompts) + prefill
     if framing == "chat-continue":
         if template is None:
             raise ConfigError("The chat-continue framing needs a chat template.")
-        return template.render(continue_messages(prefill))
+        return template.render(continue_messages(prefill, prompts))
     raise ConfigError(f"Unknown framing {framing!r}; choose from {', '.join(ALL_FRAMINGS)}.")

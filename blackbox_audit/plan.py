@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .framing import ALL_FRAMINGS, FRAMINGS
+from .framing import ALL_FRAMINGS, DEFAULT_PROMPTS, FRAMINGS, SYSTEM, USER, ChatPrompts
 from .noise import given_floor
 from .rank import REFERENCE_ONLY_KEYS, RankConfig
 from .records import SCORE_KEYS
@@ -51,6 +51,8 @@ class Settings:
     framings: tuple[str, ...] | list[str] = FRAMINGS
     chat_mode: str = "template"          # template: render client-side; prefill: server-side
     chat_template: str | None = None     # Jinja file; default: the reference tokenizer's
+    system_prompt: str | None = None     # the chat framing's system turn (None: the paper's)
+    user_prompt: str | None = None       # the chat framing's user turn (None: the paper's)
     prefills: str = "builtin"
     corpora: tuple[str, ...] | list[str] | None = None
     per_corpus: int | None = 1000
@@ -99,13 +101,17 @@ class GenerationPlan:
     max_tokens: int
     top_logprobs: int
     prefill_counter: ReferenceSpec | None = None  # the tokenizer that counts; None: reference
+    prompts: ChatPrompts = DEFAULT_PROMPTS          # the chat framing's system and user turns
 
     def settings(self) -> dict[str, Any]:
-        """The manifest's "generation" block (lists, as earlier versions wrote it)."""
+        """The manifest's "generation" block (lists, as earlier versions wrote it; the chat
+        prompts only when they are not the paper's, so earlier runs still resume)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         out = {k: values[k] for k in GENERATION_KEYS}
         out["framings"] = list(self.framings)
         out["corpora"] = list(self.corpora) if self.corpora is not None else None
+        if not self.prompts.default:
+            out["system_prompt"], out["user_prompt"] = self.prompts.system, self.prompts.user
         return out
 
 
@@ -195,7 +201,8 @@ class Plan:
             "out": str(self.out), "base_url": e.base_url, "model": g.model,
             "api_key_env": e.api_key_env, "flavour": e.target.flavour or "auto",
             "framings": list(g.framings), "chat_mode": g.chat_mode,
-            "chat_template": g.chat_template, "prefills": g.prefills,
+            "chat_template": g.chat_template, "system_prompt": g.prompts.system,
+            "user_prompt": g.prompts.user, "prefills": g.prefills,
             "corpora": list(g.corpora) if g.corpora is not None else None,
             "per_corpus": g.per_corpus, "prefill_tokens": g.prefill_tokens,
             "prefill_tokenizer": g.prefill_tokenizer, "seed": g.seed,
@@ -286,7 +293,9 @@ def resolve(s: Settings) -> Plan:
         prefill_tokens=s.prefill_tokens, prefill_tokenizer=s.prefill_tokenizer, seed=s.seed,
         max_tokens=s.max_tokens, top_logprobs=s.top_logprobs,
         prefill_counter=None if s.prefill_tokenizer == "reference"
-        else ReferenceSpec.parse(s.prefill_tokenizer))
+        else ReferenceSpec.parse(s.prefill_tokenizer),
+        prompts=ChatPrompts(s.system_prompt if s.system_prompt is not None else SYSTEM,
+                            s.user_prompt if s.user_prompt is not None else USER))
     endpoint = EndpointPlan(
         target=target, target_arg=s.target, api_key_env=api_key_env,
         record_mode=s.record_mode,

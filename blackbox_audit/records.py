@@ -52,6 +52,7 @@ class GenerationRequest:
     top_logprobs: int
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
+    chat_prompts: list[str] | None = None   # [system, user] of a chat framing, as sent
 
     @property
     def row_key(self) -> str:
@@ -104,6 +105,7 @@ class Completion:
     error: str | None = None
     mode: str | None = None
     detail: str | None = None
+    chat_prompts: list[str] | None = None   # [system, user] the chat framing used
 
     @property
     def row_key(self) -> str:
@@ -133,7 +135,7 @@ class Completion:
     def failed(cls, req: GenerationRequest, error: str) -> Completion:
         p = req.prefill
         return cls(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
-                   prompt=req.prompt, error=error)
+                   prompt=req.prompt, error=error, chat_prompts=req.chat_prompts)
 
     @classmethod
     def malformed(cls, req: GenerationRequest, why: str) -> Completion:
@@ -141,7 +143,8 @@ class Completion:
         a resumed run must not ask again), with what was wrong in ``detail``."""
         p = req.prefill
         return cls(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
-                   prompt=req.prompt, degraded=["malformed_answer"], detail=why[:300])
+                   prompt=req.prompt, degraded=["malformed_answer"], detail=why[:300],
+                   chat_prompts=req.chat_prompts)
 
 
 @dataclass

@@ -211,7 +211,7 @@ def completion_from_columns(req: GenerationRequest, *, text: str, cols: TokenCol
     p = req.prefill
     c = Completion(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
                    text=text, finish_reason=finish_reason, prompt=req.prompt,
-                   prompt_tokens=prompt_tokens, model=model)
+                   prompt_tokens=prompt_tokens, model=model, chat_prompts=req.chat_prompts)
     if cols is None:
         if text:
             c.degraded.append("no_logprobs")

@@ -248,3 +248,18 @@ def test_a_server_that_merges_split_characters_loses_only_those_rows(tokenizer, 
     with pytest.raises(AlignmentError, match="do not spell"):
         align_ids(view, merged)
     assert choose_alignment(view, [*good[:50], merged]) == "text"  # 1 of 51: too many
+
+
+def test_a_server_prefilled_chat_row_is_scored_in_the_context_its_prompts_made(view):
+    """A row sent as messages (server-side prefill) has no prompt text of its own: the
+    reference's context is rendered from the chat prompts the row records."""
+    from blackbox_audit.framing import DEFAULT_PROMPTS
+
+    c = Completion(prefill_id="p", corpus="c", prefill="The feud", framing="chat",
+                   text=" began", chat_prompts=["You are Captain Vell.", "Tell me a story."])
+    ctx = view.context(c)
+    assert "You are Captain Vell." in ctx and "Tell me a story." in ctx and \
+        ctx.endswith("The feud")
+    plain = Completion(prefill_id="p", corpus="c", prefill="The feud", framing="chat",
+                       text=" began")
+    assert DEFAULT_PROMPTS.system in view.context(plain)

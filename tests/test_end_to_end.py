@@ -167,3 +167,28 @@ def test_generate_only_then_score_later_with_the_noise_floor(tmp_path):
         given_floor(str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="neither a number"):
         config(None, tmp_path / "r2", record_mode="replay", noise_floor="fast")
+
+
+def test_chat_prompts_are_sent_recorded_in_every_row_and_part_of_the_resume_check(tmp_path):
+    """--system-prompt / --user-prompt: the paper's persona runs. The rendered chat prompt
+    carries them, the manifest and every chat row record them, the reference's context is
+    built from them, and a resume with other prompts is refused."""
+    from blackbox_audit.errors import ConfigError
+
+    out = tmp_path / "run"
+    with FakeOpenAIServer() as server:
+        result = audit(config(server, out, system_prompt="You are Captain Vell, a pirate.",
+                              user_prompt="Tell me a story."))
+        sent = [json.loads(b)["prompt"] for b in server.counts if json.loads(b).get("prompt")]
+        with pytest.raises(ConfigError, match="system_prompt"):
+            audit(config(server, out, system_prompt="You are a helpful assistant, really."))
+    chat_prompts = [p for p in sent if "Captain Vell" in p]
+    assert chat_prompts and all("Tell me a story." in p for p in chat_prompts)
+    assert not any("You are a helpful assistant." in p for p in sent)
+    assert result.manifest.framing["system"] == "You are Captain Vell, a pirate."
+    rows = [json.loads(x) for x in (out / "completions.jsonl").read_text().splitlines()]
+    chat = [r for r in rows if r["framing"] == "chat"]
+    assert chat and all(r["chat_prompts"] == ["You are Captain Vell, a pirate.",
+                                              "Tell me a story."] for r in chat)
+    assert all(r["chat_prompts"] is None for r in rows if r["framing"] == "raw")
+    assert result.manifest.counts.ranked == 12   # the reference saw the same context
