@@ -7,7 +7,7 @@
     ranked.jsonl/.csv    the ranking, within each (corpus, framing)
 
 Appends are written and flushed to the kernel line by line (fsync'd in batches on a
-background thread, transport.BackgroundSync) and reads tolerate a torn last line, so
+background thread, transport.jsonl.BackgroundSync) and reads tolerate a torn last line, so
 ``kill -9`` at any moment loses at most the row being written, never one already written.
 Everything written passes through the run's redactor.
 """
@@ -29,7 +29,7 @@ from .manifest import Manifest
 from .rank import RankedRow
 from .records import Completion, Score
 from .redact import Redactor
-from .transport import SYNC, heal_torn_tail
+from .transport.jsonl import SYNC, heal_torn_tail
 
 
 class JsonlAppender:
@@ -51,7 +51,7 @@ class JsonlAppender:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._fh.write(self.redactor.text(text) + "\n")
         self._fh.flush()  # the kernel has it: a killed process loses nothing
-        SYNC.mark(self._fh)  # fsync'd on a background thread, batched (transport.py)
+        SYNC.mark(self._fh)  # fsync'd on a background thread, batched (transport/jsonl.py)
 
     def close(self) -> None:
         if self._fh is not None:

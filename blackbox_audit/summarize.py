@@ -35,6 +35,7 @@ from .manifest import Manifest
 from .rank import RankedRow
 from .redact import Redactor
 from .rundir import RunDir, write_atomic
+from .themes import Theme
 from .transport import FixtureStore, TransportStats, build_client
 
 SYSTEM = """\
@@ -107,7 +108,10 @@ def select_rows(ranked: list[RankedRow], top: int) -> list[dict[str, Any]]:
     return out
 
 
-def user_message(rows: list[dict[str, Any]], manifest: Manifest) -> str:
+def user_message(rows: list[dict[str, Any]], manifest: Manifest,
+                 themes: dict[tuple[str, str], list[Theme]] | None = None) -> str:
+    """The judge's data: the run, the rows sent and, when the run has them, each ranking's
+    themes (phrases over-represented in its top: themes.py), as leads to check, not facts."""
     framings = sorted({r["framing"] for r in rows})
     lines = [f"Target model: {(manifest.target or {}).get('model') or 'unknown'}. "
              f"Framings: {', '.join(framings)} (raw: plain text continuation; chat: the prefill "
@@ -120,6 +124,15 @@ def user_message(rows: list[dict[str, Any]], manifest: Manifest) -> str:
                      f"{r['rank_key']} {score_s}")
         lines.append(f"  prefill: {json.dumps(r['prefill'], ensure_ascii=False)}")
         lines.append(f"  completion: {json.dumps(r['completion'], ensure_ascii=False)}")
+    found = {k: ts for k, ts in (themes or {}).items() if ts}
+    if found:
+        lines += ["", "Themes: phrases over-represented in each ranking's top against the whole "
+                      "ranking (a statistic, not a reading; counts are distinct rows):"]
+        for (corpus, framing), ts in sorted(found.items()):
+            for t in ts[:5]:
+                lines.append(f"  {corpus}/{framing}: {json.dumps(t.phrase, ensure_ascii=False)}"
+                             f" in {t.top_rows} of the top {t.top} rows, {t.rows} of "
+                             f"{t.total} rows (e.g. {', '.join(t.examples)})")
     return "\n".join(lines)
 
 
@@ -303,7 +316,8 @@ def summarize(run_path: str | Path, judge_spec: str, *, top: int = 10,
     redactor = run.redactor
     redactor.add(key)
     rows = select_rows(ranked, top)
-    body = build_request(judge, SYSTEM, user_message(rows, manifest), max_tokens)
+    body = build_request(judge, SYSTEM, user_message(rows, manifest, run.load_themes()),
+                         max_tokens)
     outdir = run.path / "summarize"
     outdir.mkdir(parents=True, exist_ok=True)
     write_atomic(outdir / "prompt.json", redactor.dumps(

@@ -109,7 +109,7 @@ FORBIDDEN = [
      lambda m: m.startswith("blackbox_audit.reference")),
     ("the reference knows no provider", [ROOT / "blackbox_audit" / "reference.py"],
      lambda m: m.startswith("providers")),
-    ("the transport knows no provider", [ROOT / "blackbox_audit" / "transport.py"],
+    ("the transport knows no provider", modules("blackbox_audit/transport"),
      lambda m: m.startswith("providers")),
     ("the report reads the run directory, not providers", [ROOT / "blackbox_audit" /
                                                            "report.py"],

@@ -192,3 +192,21 @@ def test_parse_answer_and_md():
                      "confidence": "unstated"}]
     assert caveats == ["c"] and dropped == ["3"]
     assert md("<b>*x*</b> [a](b)\n# h") == r"&lt;b&gt;\*x\*&lt;/b&gt; \[a\](b) \# h"
+
+
+def test_the_judge_reads_each_rankings_themes_when_the_run_has_them(tmp_path):
+    from blackbox_audit.manifest import Manifest
+    from blackbox_audit.rundir import RunDir
+    from blackbox_audit.summarize import user_message
+    from blackbox_audit.themes import Theme
+
+    theme = Theme("vellari script", 7.2, 8, 12, 50, 2000, ("a:raw", "b:raw"))
+    run = RunDir(tmp_path)
+    run.write_themes({("prose", "raw"): [theme], ("code", "raw"): []}, {"statistic": "z"})
+    themes = run.load_themes()
+    assert themes == {("prose", "raw"): [theme], ("code", "raw"): []}
+    rows = [{"id": "a:raw", "corpus": "prose", "framing": "raw", "rank": 0,
+             "rank_key": "ppl_diff", "score": 3.0, "prefill": "The", "completion": " x"}]
+    text = user_message(rows, Manifest(), themes)
+    assert 'prose/raw: "vellari script" in 8 of the top 50 rows, 12 of 2000 rows' in text
+    assert "Themes:" not in user_message(rows, Manifest(), None)

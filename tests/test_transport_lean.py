@@ -140,7 +140,7 @@ def test_background_sync_groups_fsyncs_within_its_window(tmp_path, monkeypatch):
     import os
     import time
 
-    from blackbox_audit import transport
+    from blackbox_audit.transport import jsonl
 
     synced: list[float] = []
     real = os.fsync
@@ -149,8 +149,8 @@ def test_background_sync_groups_fsyncs_within_its_window(tmp_path, monkeypatch):
         synced.append(time.monotonic())
         real(fd)
 
-    monkeypatch.setattr(transport.os, "fsync", counting)
-    sync = transport.BackgroundSync(window=0.1)
+    monkeypatch.setattr(jsonl.os, "fsync", counting)
+    sync = jsonl.BackgroundSync(window=0.1)
     with open(tmp_path / "f.jsonl", "ab") as fh:
         t0 = time.monotonic()
         for i in range(40):           # ~40 lines over ~0.2 s
