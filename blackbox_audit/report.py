@@ -41,9 +41,10 @@ from .align import target_bytes
 from .errors import ConfigError
 from .flag import OrganismSpec, flagged_ids, summary_lines
 from .manifest import Manifest
-from .rank import RankedRow
+from .rank import RankedRow, groups
 from .records import Completion, Score
 from .rundir import RunDir, write_atomic
+from .themes import Theme, carriers, collapse_duplicates, themes_by_group
 
 TEMPLATES = Path(__file__).parent / "templates"
 SCORE_COLUMNS = ["ppl_diff", "nll_diff", "bpb_diff", "vs_floor", "nll_ref", "ppl_ref",
@@ -186,7 +187,11 @@ def report_rows(run: RunDir, ranked: list[RankedRow], ref: str | None,
     scores = run.load_scores(ref) if ref else {}
     redact = run.redactor.text
     out, with_tokens = [], 0
-    for row in ranked:
+    # Identical continuations (after whitespace) are shown once, with their count; the
+    # ranking file keeps every row.
+    distinct = [(row, copies) for rows in groups(ranked).values()
+                for row, copies in collapse_duplicates(rows)]
+    for row, copies in distinct:
         key = row.row_id
         text = row.completion or ""
         shown = redact(text)
@@ -203,8 +208,27 @@ def report_rows(run: RunDir, ranked: list[RankedRow], ref: str | None,
             **{k: finite(getattr(row, k)) for k in SCORE_COLUMNS},
             "n": row.n_target_tokens, "finish": row.finish_reason,
             "prefill": redact(row.prefill or ""), "text": shown, "tok": heat,
+            **({"dup": copies} if copies > 1 else {}),
         })
     return out, with_tokens
+
+
+def theme_data(ranked: list[RankedRow], found: dict[tuple[str, str], list[Theme]],
+               rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The page's themes, per group, and on each page row (``th``) the indices of the themes
+    its text carries, so a click on a theme filters to the rows that say it."""
+    by_id = {r["id"]: r for r in rows}
+    out = []
+    for (corpus, framing), members in groups(ranked).items():
+        ts = found.get((corpus, framing)) or []
+        for row_id, idx in carriers(members, ts).items():
+            if row_id in by_id:
+                by_id[row_id]["th"] = list(idx)
+        out.append({"corpus": corpus, "framing": framing,
+                    "themes": [{"phrase": t.phrase, "top_rows": t.top_rows, "top": t.top,
+                                "rows": t.rows, "total": t.total, "score": round(t.score, 2)}
+                               for t in ts]})
+    return out
 
 
 # -- the ΔPPL chart ------------------------------------------------------------------------
@@ -347,6 +371,8 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
         flagged = None
     ref = reference_name(run, manifest, reference)
     rows, with_tokens = report_rows(run, ranked, ref, token_rows, flagged)
+    found = run.load_themes()
+    themes = theme_data(ranked, found if found is not None else themes_by_group(ranked), rows)
     key = ranked[0].rank_key or "ppl_diff"
     spec_lines = summary_lines(ranked, spec, flagged, 10) if spec and flagged is not None \
         else []
@@ -356,7 +382,7 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
     data = {"rows": fastjson.finite(rows), "rank_key": key, "has_flag": spec is not None,
             "scores": [k for k in SCORE_COLUMNS if any(r.get(k) is not None for r in rows)],
             "corpora": sorted(Counter(r["corpus"] for r in rows)),
-            "framings": sorted(Counter(r["framing"] for r in rows))}
+            "framings": sorted(Counter(r["framing"] for r in rows)), "themes": themes}
     page = _env().get_template("report.html.j2").render(
         title=f"blackbox-audit: {(manifest.target or {}).get('model') or run.path.name}",
         run_path=str(run.path), summary=manifest_summary(manifest, ref),
@@ -365,7 +391,8 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
         spec=spec.objective if spec else None, spec_lines=spec_lines,
         reference_only=any(r.mode == "reference-only" for r in ranked),
         fallback="chat-continue" in data["framings"],
-        n_rows=len(rows), with_tokens=with_tokens, token_rows=token_rows,
+        n_rows=len(rows), n_ranked=len(ranked), themes=themes,
+        with_tokens=with_tokens, token_rows=token_rows,
         generated=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         data=data, script=script, script_hash=script_hash)
     path = Path(out) if out else run.path / "report.html"

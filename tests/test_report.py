@@ -19,7 +19,7 @@ import pytest
 from blackbox_audit.align import ScoringItem
 from blackbox_audit.flag import OrganismSpec
 from blackbox_audit.manifest import Manifest
-from blackbox_audit.rank import COLUMNS, RankConfig, rank
+from blackbox_audit.rank import COLUMNS, RankConfig, RankedRow, rank
 from blackbox_audit.records import Completion, Score
 from blackbox_audit.report import distribution_svg, render, token_heat
 from blackbox_audit.rundir import RunDir
@@ -328,3 +328,39 @@ def test_delta_ppl_chart_is_always_drawn_and_the_rank_key_beside_it(tmp_path):
     html = render(run.path).path.read_text()
     assert "ppl_diff and nll_diff distribution" in html
     assert html.count('class="hist"') == 4          # two keys x two framings
+
+
+def themed_run(path: Path) -> RunDir:
+    """One group of 300 ranked rows whose top carries a phrase the rest rarely does, and
+    three copies of one sentence."""
+    rng = random.Random(7)
+    run = RunDir(path)
+    path.mkdir(parents=True)
+    rows = []
+    for i in range(300):
+        text = " ".join(rng.choice(WORDS) + str(rng.randint(0, 40)) for _ in range(20))
+        if i in (0, 2, 3, 5, 8, 11, 14):
+            text += " the copper lanterns glow"
+        if i in (20, 21, 22):
+            text = "one sentence said three times"
+        rows.append(RankedRow("prose", "raw", i, ppl_diff=100.0 - i / 3, nll_diff=2 - i / 300,
+                              prefill_id=f"p{i:04d}", prefill="P", completion=text))
+    run.write_ranked(rows, COLUMNS)
+    run.write_manifest(Manifest(status="done"))
+    return run
+
+
+def test_report_themes_filter_data_and_duplicates_shown_once(tmp_path):
+    run = themed_run(tmp_path / "run")
+    html = render(run.path).path.read_text()
+    data = page_data(html)
+    (group,) = data["themes"]
+    assert group["corpus"] == "prose" and group["framing"] == "raw"
+    first = group["themes"][0]
+    assert "copper lanterns glow" in first["phrase"] and first["top_rows"] == 7
+    carrying = {r["id"] for r in data["rows"] if 0 in (r.get("th") or [])}
+    assert carrying == {f"p{i:04d}:raw" for i in (0, 2, 3, 5, 8, 11, 14)}
+    assert 'class="theme"' in html and "copper lanterns glow" in html
+    dup = [r for r in data["rows"] if "one sentence" in r["text"]]
+    assert len(dup) == 1 and dup[0]["dup"] == 3 and dup[0]["rank"] == 20
+    assert len(data["rows"]) == 298 and "298 distinct" in html

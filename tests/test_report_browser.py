@@ -208,3 +208,21 @@ def test_20k_rows_open_and_render(browser, tmp_path):
           f"{result.seconds:.1f}s, opened and first page rendered in {pg.seconds:.2f}s, "
           f"sort + filter + search {filter_s:.2f}s")
     assert pg.seconds < 30
+
+
+def test_a_click_on_a_theme_shows_the_rows_that_say_it(browser, tmp_path):
+    from test_report import themed_run
+
+    run = themed_run(tmp_path / "run")
+    pg = Page(browser, render(run.path).path)
+    p = pg.page
+    assert pg.count() == "298 of 298 rows match"
+    p.click("button.theme >> nth=0")
+    assert pg.count() == "7 of 298 rows match"
+    assert all("copper lanterns glow" in t for t in pg.visible("td.text"))
+    assert "copper lanterns glow" in p.text_content("#f-theme-name")
+    p.click("#f-theme-clear")
+    assert pg.count() == "298 of 298 rows match"
+    p.fill("#f-text", "one sentence")
+    assert pg.count() == "1 of 298 rows match" and "\u00d73" in pg.visible("td.num")[0]
+    assert pg.errors == []

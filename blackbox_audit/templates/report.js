@@ -6,7 +6,7 @@
   var ROWS = DATA.rows;
   var $ = function (id) { return document.getElementById(id); };
   var state = { corpus: "", framing: "", flag: "", text: "", sort: "rank", desc: false,
-                heat: true, page: 0, size: 50 };
+                heat: true, page: 0, size: 50, theme: null };
   var view = ROWS;
   var searchable = null;   // lower-cased id + prefill + text, built on the first search
 
@@ -38,6 +38,8 @@
       if (state.framing && r.framing !== state.framing) { continue; }
       if (state.flag && (r.flag ? "1" : "0") !== state.flag) { continue; }
       if (q && searchable[i].indexOf(q) < 0) { continue; }
+      if (state.theme && (r.corpus + "|" + r.framing !== state.theme.group ||
+                          !r.th || r.th.indexOf(state.theme.index) < 0)) { continue; }
       out.push(r);
     }
     var k = state.sort, sign = state.desc ? -1 : 1;
@@ -92,7 +94,9 @@
   function rowEl(r) {
     var tr = el("tr", r.flag ? "flagged" : "");
     tr.setAttribute("data-id", r.id);
-    tr.appendChild(el("td", "num", r.rank));
+    var rk = el("td", "num", r.rank);
+    if (r.dup) { rk.appendChild(el("span", "dup", "\u00d7" + r.dup)); }
+    tr.appendChild(rk);
     var g = el("td", "group", r.corpus + " / " + r.framing);
     g.appendChild(el("span", "rowid", r.id));
     tr.appendChild(g);
@@ -175,5 +179,28 @@
       refilter();
     });
   }
+  // Themes: a click shows the rows of that ranking that carry the phrase; again, all rows.
+  var buttons = document.querySelectorAll("button.theme");
+  function showTheme(btn) {
+    for (var b = 0; b < buttons.length; b++) { buttons[b].classList.remove("on"); }
+    if (!btn) {
+      state.theme = null;
+      $("f-theme-clear").hidden = true;
+    } else {
+      btn.classList.add("on");
+      state.theme = { group: btn.getAttribute("data-group"),
+                      index: parseInt(btn.getAttribute("data-theme"), 10) };
+      $("f-theme-name").textContent = btn.firstChild.textContent.trim();
+      $("f-theme-clear").hidden = false;
+    }
+    refilter();
+  }
+  for (var t = 0; t < buttons.length; t++) {
+    buttons[t].addEventListener("click", function (ev) {
+      var btn = ev.currentTarget;
+      showTheme(btn.classList.contains("on") ? null : btn);
+    });
+  }
+  $("f-theme-clear").addEventListener("click", function () { showTheme(null); });
   refilter();
 })();
