@@ -54,12 +54,9 @@ class AuditClient(httpx.AsyncClient):
       again, and without the cycle the response, its request and its body are freed when
       the caller drops them instead of waiting for the cyclic collector (whose passes over
       every answer in flight were ~7% of the client's CPU, bench/client.py).
-    - The URL of a relative path is merged with the base URL once per path, not per request.
     - Cookies are taken from an answer only when it sets some (httpx hands every answer to
       the standard library's cookie jar, ~12 µs each, to find no Set-Cookie header).
     """
-
-    _merged: dict[str, tuple[httpx.URL, httpx.URL]]
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -75,20 +72,6 @@ class AuditClient(httpx.AsyncClient):
     @cookies.setter
     def cookies(self, cookies: Any) -> None:
         self._cookies = _Cookies(cookies)
-
-    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
-        if not isinstance(url, str):
-            return super()._merge_url(url)
-        cache = self.__dict__.setdefault("_merged", {})
-        hit = cache.get(url)
-        base = self.base_url
-        if hit is not None and hit[0] is base:
-            return hit[1]
-        merged = super()._merge_url(url)
-        if len(cache) >= 64:
-            cache.clear()
-        cache[url] = (base, merged)
-        return merged
 
     async def send(self, request: httpx.Request, *, stream: bool = False,
                    **kwargs: Any) -> httpx.Response:
