@@ -39,13 +39,6 @@ def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None
                        timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
 
 
-class _Cookies(httpx.Cookies):
-    def extract_cookies(self, response: httpx.Response) -> None:
-        headers = response.headers
-        if "set-cookie" in headers or "set-cookie2" in headers:  # what the jar reads
-            super().extract_cookies(response)
-
-
 class AuditClient(httpx.AsyncClient):
     """httpx's client, lighter per request where that changes nothing a caller sees.
 
@@ -54,24 +47,7 @@ class AuditClient(httpx.AsyncClient):
       again, and without the cycle the response, its request and its body are freed when
       the caller drops them instead of waiting for the cyclic collector (whose passes over
       every answer in flight were ~7% of the client's CPU, bench/client.py).
-    - Cookies are taken from an answer only when it sets some (httpx hands every answer to
-      the standard library's cookie jar, ~12 µs each, to find no Set-Cookie header).
     """
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        # httpx keeps its jar in ``_cookies`` (0.27-0.28); should that change, the client
-        # stays plain httpx rather than breaking (the cookie shortcut is only a saving).
-        if isinstance(getattr(self, "_cookies", None), httpx.Cookies):
-            self._cookies = _Cookies(self._cookies)
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._cookies
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        self._cookies = _Cookies(cookies)
 
     async def send(self, request: httpx.Request, *, stream: bool = False,
                    **kwargs: Any) -> httpx.Response:
