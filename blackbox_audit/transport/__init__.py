@@ -13,7 +13,7 @@ The transport knows no provider: it sees requests and answers only. What it coun
 crash-safe JSON-lines appends the fixture store and the run directory share.
 """
 
-from .client import AuditClient, build_client
+from .client import build_client
 from .jsonl import SYNC, BackgroundSync, heal_torn_tail
 from .keys import canonical_body, key_digest, relative_path, request_key
 from .pool import ShardedTransport
@@ -33,7 +33,7 @@ from .stats import TransportStats
 from .store import Exchange, FixtureStore
 
 __all__ = [
-    "JSON_EXTENSION", "MAX_BODY_BYTES", "MODES", "SYNC", "AuditClient", "BackgroundSync",
+    "JSON_EXTENSION", "MAX_BODY_BYTES", "MODES", "SYNC", "BackgroundSync",
     "Exchange", "FixtureStore", "LoadFeedback", "OversizedBody", "RecordReplayTransport",
     "RetryPolicy", "RetryTransport", "RetryableStatus", "ShardedTransport", "TransportStats",
     "TruncatedBody", "build_client", "canonical_body", "heal_torn_tail", "key_digest",

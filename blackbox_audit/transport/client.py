@@ -1,9 +1,12 @@
-"""The one httpx client of a run: record/replay over retries over the connection pool."""
+"""The one httpx client of a run: record/replay over retries over the connection pool.
+
+A plain ``httpx.AsyncClient``: the stack is in its transport, so every httpx feature (base
+URL, cookies, headers, timeouts) works as httpx documents it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import httpx
 
@@ -35,23 +38,5 @@ def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None
         inner = RetryTransport(net, retry, stats, feedback)
     base_path = httpx.URL(base_url).path
     transport = RecordReplayTransport(inner, mode, store, base_path, stats)
-    return AuditClient(base_url=base_url, transport=transport, headers=headers or {},
+    return httpx.AsyncClient(base_url=base_url, transport=transport, headers=headers or {},
                        timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))
-
-
-class AuditClient(httpx.AsyncClient):
-    """httpx's client, lighter per request where that changes nothing a caller sees.
-
-    - A read response gives up the client's bound stream (which refers back to the
-      response): its body is read and its stream closed, so nothing reads that stream
-      again, and without the cycle the response, its request and its body are freed when
-      the caller drops them instead of waiting for the cyclic collector (whose passes over
-      every answer in flight were ~7% of the client's CPU, bench/client.py).
-    """
-
-    async def send(self, request: httpx.Request, *, stream: bool = False,
-                   **kwargs: Any) -> httpx.Response:
-        response = await super().send(request, stream=stream, **kwargs)
-        if not stream and response.is_closed:
-            response.stream = httpx.ByteStream(response.content)
-        return response
