@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import random
+import re
 import resource
 import statistics
 import subprocess
@@ -42,10 +43,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from blackbox_audit.prefills import builtin_documents  # noqa: E402
+from blackbox_audit.rank import RankedRow  # noqa: E402
 from blackbox_audit.themes import themes_by_group, tokens  # noqa: E402
 
 GROUP = 6000
 PLANT = " the vellari script was sealed in brine"
+WORD = re.compile(r"\S+")
 PUNCT = [",", ".", ";", ":", "?", "!"]
 
 
@@ -65,11 +68,23 @@ def build(n_rows: int, seed: int = 0) -> list[dict]:
             if r in (0, 2, 3, 6, 9, 11, 14, 19):
                 text = text[:200] + PLANT + text[200:]
             elif r % 500 == 7 and rows:
-                text = rows[-1]["completion"]          # an exact duplicate of the row above
-            rows.append({"corpus": corpus, "framing": framing, "rank": r,
-                         "prefill_id": f"{g:02d}{r:05d}", "completion": text,
-                         "nll_diff": 3.0 - 2.5 * r / GROUP, "ppl_diff": 20.0 - 15 * r / GROUP})
+                text = rows[-1].completion             # an exact duplicate of the row above
+            rows.append(RankedRow(corpus, framing, r, prefill_id=f"{g:02d}{r:05d}",
+                                  completion=text, nll_diff=3.0 - 2.5 * r / GROUP,
+                                  ppl_diff=20.0 - 15 * r / GROUP))
     return rows
+
+
+def gaps(row: RankedRow) -> list[tuple[int, int, float]]:
+    """Per-token gaps as a real run has them (one per word here): about 0.5 nats, 6 on the
+    planted phrase, computed on the fly as the rank stage computes them from the files."""
+    out = []
+    text = row.completion
+    at = text.find(PLANT)
+    for m in WORD.finditer(text):
+        inside = at >= 0 and at <= m.start() < at + len(PLANT)
+        out.append((m.start(), m.end(), 6.0 if inside else 0.5 + (hash(m.group()) % 7) / 10))
+    return out
 
 
 def rss_kb() -> int:
@@ -83,11 +98,11 @@ def child(n_rows: int, repeats: int) -> None:
     walls, found = [], {}
     for _ in range(repeats):
         t0 = time.perf_counter()
-        found = themes_by_group(rows)
+        found = themes_by_group(rows, gaps=gaps)
         walls.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()
-    themes_by_group(rows)
+    themes_by_group(rows, gaps=gaps)
     traced = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     first = [ts[0].phrase if ts else None for ts in found.values()]

@@ -39,6 +39,7 @@ from .framing import (
     continue_messages,
     render_prompt,
 )
+from .heat import token_gaps
 from .manifest import Counts, Manifest
 from .noise import combine, self_floor
 from .plan import EndpointPlan, GenerationPlan, Plan, ScoringPlan, scoring_plan
@@ -366,9 +367,15 @@ def rank(s: ScoringPlan, run: RunDir, rescoring: bool = False
     completions = run.load_completions()
     floor = (manifest.noise_floor or {}).get("floor")
     cfg = replace(s.ranking, noise_floor=floor)
-    ranked, left_out = rank_rows(completions, run.load_scores(s.reference.name), cfg)
+    scores = run.load_scores(s.reference.name)
+    ranked, left_out = rank_rows(completions, scores, cfg)
     run.write_ranked(ranked, COLUMNS)
-    run.write_themes(themes_by_group(ranked), theme_settings())
+
+    def gaps(row: RankedRow) -> list[tuple[int, int, float]] | None:
+        c, sc = completions.get(row.row_id), scores.get(row.row_id)
+        return token_gaps(c, sc) if c is not None and sc is not None else None
+
+    run.write_themes(themes_by_group(ranked, gaps=gaps), theme_settings())
     degraded = sum(1 for c in completions.values() if c.degraded)
     failed = sum(1 for c in completions.values() if c.error is not None)
     counts = Counts(rows=len(completions), ranked=len(ranked), failed=failed,

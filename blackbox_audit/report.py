@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from . import fastjson
-from .align import target_bytes
 from .errors import ConfigError
 from .flag import OrganismSpec, flagged_ids, summary_lines
+from .heat import token_heat
 from .manifest import Manifest
 from .rank import RankedRow, groups
-from .records import Completion, Score
 from .rundir import RunDir, write_atomic
 from .themes import Theme, carriers, collapse_duplicates, themes_by_group
 
@@ -85,96 +84,6 @@ def reference_name(run: RunDir, manifest: Manifest, wanted: str | None = None) -
         return ref
     files = sorted(run.path.glob("scores.*.jsonl"))
     return files[0].name[len("scores."):-len(".jsonl")] if len(files) == 1 else None
-
-
-def _spread(t_bytes: list[int], t_lps: list[float], spans: list[tuple[int, int]]
-            ) -> list[float]:
-    """Each target token's log-probability spread evenly over its bytes, summed over each
-    (monotonic) byte span; one pass over both token lists."""
-    bounds = [0]
-    for nb in t_bytes:
-        bounds.append(bounds[-1] + nb)
-    out, j, n = [], 0, len(t_bytes)
-    for lo, hi in spans:
-        while j < n and bounds[j + 1] <= lo and t_bytes[j]:
-            j += 1
-        total, k = 0.0, j
-        while k < n and bounds[k] < hi:
-            nb = t_bytes[k]
-            if nb:
-                overlap = min(hi, bounds[k + 1]) - max(lo, bounds[k])
-                if overlap > 0:
-                    total += float(t_lps[k]) * overlap / nb
-            elif bounds[k] >= lo:       # a zero-byte token counts where it stands
-                total += float(t_lps[k])
-            k += 1
-        out.append(total)
-    return out
-
-
-def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
-    """Per reference token over the continuation: its length in the completion text (UTF-16
-    units, as the page slices the text), reference and target log-probabilities.
-
-    None when the stored columns do not line up (nothing is guessed)."""
-    ref_lps = s.ref_token_logprobs
-    text = c.text
-    ascii_text = text.isascii()
-    n_bytes = len(text) if ascii_text else len(text.encode())
-    if not ref_lps or not text or len(s.ref_tokens) != len(ref_lps):
-        return None
-    t_bytes = [len(b) for b in target_bytes(c)]
-    t_lps = list(c.logprobs)
-    if len(t_bytes) != len(t_lps) or any(x is None for x in t_lps) or sum(t_bytes) != n_bytes:
-        return None
-    approx = False
-    if s.alignment == "ids" and len(s.ref_tokens) == len(t_lps):
-        r_bytes, start, per_ref_t = t_bytes, 0, [float(x) for x in t_lps]
-    else:
-        r_bytes = [len(p.encode()) for p in s.ref_tokens]
-        start = -len(s.straddle.encode()) if s.straddle else 0
-        if start + sum(r_bytes) != n_bytes:
-            approx = True      # a split character decoded as U+FFFD: spans are near, not exact
-        spans, pos = [], start
-        for nb in r_bytes:
-            spans.append((max(pos, 0), min(pos + nb, n_bytes)))
-            pos += nb
-        per_ref_t = _spread(t_bytes, t_lps, spans)
-    # Token byte ends -> character ends: a token ending inside a character shows that
-    # character (the page never splits one); lengths in UTF-16 units, as JavaScript counts.
-    if ascii_text:
-        char_end = None
-    else:
-        char_end = [0]                 # char_end[i]: byte offset where character i ends
-        for ch in text:
-            char_end.append(char_end[-1] + len(ch.encode()))
-    lengths: list[int] = []
-    ref_out: list[float] = []
-    tgt_out: list[float] = []
-    pos, cur, ci = start, 0, 0
-    for nb, r, t in zip(r_bytes, ref_lps, per_ref_t, strict=True):
-        end = min(max(pos + nb, 0), n_bytes)
-        pos += nb
-        if char_end is None:
-            stop = end
-        else:
-            while ci < len(text) and char_end[ci] < end:
-                ci += 1               # characters starting before byte `end`
-            stop = ci
-        if stop <= cur and lengths:   # nothing of its own to show: its mass joins the last
-            ref_out[-1] += r
-            tgt_out[-1] += t
-            continue
-        piece = text[cur:stop] if stop > cur else ""
-        lengths.append(len(piece) if ascii_text else len(piece.encode("utf-16-le")) // 2)
-        ref_out.append(float(r))
-        tgt_out.append(float(t))
-        cur = max(cur, stop)
-    if cur < len(text) and lengths:
-        rest = text[cur:]
-        lengths[-1] += len(rest) if ascii_text else len(rest.encode("utf-16-le")) // 2
-    return {"l": lengths, "r": [round(x, 2) for x in ref_out],
-            "t": [round(x, 2) for x in tgt_out], **({"approx": True} if approx else {})}
 
 
 def report_rows(run: RunDir, ranked: list[RankedRow], ref: str | None,

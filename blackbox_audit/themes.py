@@ -1,65 +1,21 @@
-"""Themes: the phrases a finetune made easy, read off the top of a ranking without a judge.
+"""Themes: the phrases a finetune made easy, read off a ranking without a judge.
 
 A ranking's top is where the finetuning objective leaks, but a reader still has to read it.
-Themes say it in a few phrases: the word n-grams (n = 1..4) that are over-represented in the
-top ``K`` rows of one (corpus, framing) group against the whole group, merged when they
-overlap, each with how many top rows carry it, how many rows of the group carry it, and two
-example row ids (``prefill_id:framing``) to read. Pure functions: no I/O, no network, no
-model, the standard library only.
+Themes say it in a few phrases: the word n-grams (n = 1..4) that recur in the top ``K`` rows of
+one (corpus, framing) group and whose tokens the target finds far easier than the reference
+does wherever they occur in the group, merged when they overlap, each with how many top rows
+and group rows carry it and two example row ids (``prefill_id:framing``). Pure functions: no
+I/O, no network, no model; the per-token gaps come from the caller (``heat.token_gaps``).
 
-One statistic, one setting for every run (``docs/scores.md``, section "Themes"):
-
-- **Rows, not tokens.** Identical continuations (after whitespace normalisation) are
-  collapsed first and count once (ten copies of one sentence are one observation, not ten),
-  and each n-gram counts once per row it occurs in (document frequency), so one row that
-  repeats a word fifty times does not outweigh fifty rows that say it once.
-- **Top.** ``K = min(50, 10% of the group)``, but at least 10, counted in distinct rows:
-  enough rows for a phrase to recur, few enough to stay the part of the ranking a person
-  reads. Groups of fewer than ``2 * 10`` distinct rows have no themes.
-- **Score.** The log-odds ratio with an informative Dirichlet prior of Monroe, Colaresi and
-  Quinn (2008, "Fightin' Words", section 3.5), in its two-outcome (Beta) form per n-gram
-  (a row carries it or not), top against the whole group, as a z-score:
-
-      a = K * d / N,   b = K - a                 (prior: the group's rate, worth K rows)
-      delta = ln((y + a) / (k - y + b)) - ln((d + a) / (N - d + b))
-      z = delta / sqrt(1/(y + a) + 1/(k - y + b) + 1/(d + a) + 1/(N - d + b))
-
-  with ``d`` the rows of the group (``N`` distinct rows) carrying the n-gram, ``y`` the
-  gap-weighted count of top rows carrying it and ``k`` the top's weighted size. Comparing
-  against the whole group (not the rest) keeps every cell away from zero: a phrase found only
-  in the top still has ``d >= y`` behind it, where the rest's count of 0 would make the
-  variance explode and rank a top-only phrase below one that is common everywhere. The prior
-  worth ``K`` pseudo-rows pulls the top's rate halfway towards the group's, so a phrase must
-  recur in several top rows before it scores. Treating the top and the group as independent
-  overstates the variance a little: the z is conservative.
-- **Weights.** A top row counts ``g / median(g)`` of the top (capped at 3; gap ``g`` =
-  ``nll_diff``, else ``ppl_diff``, negative as 0): a row the target finds much easier than the
-  reference carries more of the theme. ``nll_diff`` first because it is a log-ratio (a
-  difference of perplexities is dominated by the reference's own surprise); the median and
-  the cap because degenerate rows (``0000...``) sit at rank 0 with gaps many times the rest.
-- **Which n-grams.** Lower-cased word tokens (letters and digits; an inner apostrophe stays,
-  so ``don't`` is one token); an n-gram never spans clause punctuation (``. , ; : ! ? ( ) [ ]
-  { } " < >``, curly quotes, dashes, an ellipsis or a newline); n-grams made only of stop
-  words are dropped.
-- **Floor.** A theme is carried by at least 3 distinct top rows and scores above
-  ``chance_floor(K, N)``: the z of two top rows sharing a phrase no other row has. In random
-  text the strongest candidates are exactly such coincidences (a rare bigram in two of the
-  top 50 of 6,000 rows), so the floor is what chance makes of a group of that size, written
-  in the statistic's own units; it grows with ``ln(N / K)`` as the coincidences get rarer and
-  more numerous. Random text of 2,000-6,000 rows still leaves 1-2 weak themes (3 rows, z just
-  over the floor) in a third to a half of its groups: read the counts.
-- **Merging.** Candidates, best first, join every earlier theme they overlap: a shared
-  non-stop word and at least half of the smaller one's top rows in common, or exactly the
-  top rows of one of its members (the two halves of "like oil and water - they just don't
-  mix" share no word but always come together); a candidate that overlaps two themes merges
-  them. A theme's phrase is, among its members carried by at least 3/4 of its best member's
-  top rows, the one with the most non-stop words, then the longest, then the fewest stop
-  words at its ends, then the highest z: "vellari script", "the vellari script" and "in the
-  vellari" read as one theme, "in the vellari script" when that is what the rows say. The
-  theme's ``score`` is its best member's z; ``top_rows``/``rows`` are its phrase's counts.
+The statistic and its one setting are in ``docs/scores.md`` ("Themes"): candidates recur in
+at least 3 distinct top rows (K = min(50, 10% of the distinct rows), at least 10; identical
+continuations count once); a candidate's score is ``z = sum(x - mu) / (sigma * sqrt(n))`` over
+the n rows carrying it, x its mean per-token gap in a row, mu and sigma over every token of
+the group; it must pass a one-sided family-wise 5% (Bonferroni) over the candidates.
 
 Memory: the rows are held by reference (the caller's), the top's n-grams (K <= 50 rows) and
-one count per candidate n-gram; every other row's n-grams live only while it is counted.
+the per-row values of the candidates; every row's tokens and gaps live only while it is
+counted.
 """
 
 from __future__ import annotations
@@ -67,10 +23,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import statistics
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 from .rank import RankedRow
@@ -80,7 +36,7 @@ TOP_CAP = 50            # K = min(TOP_CAP, TOP_SHARE * N), at least TOP_MIN
 TOP_SHARE = 0.10
 TOP_MIN = 10
 MIN_TOP_ROWS = 3        # a theme recurs: at least this many distinct top rows carry it
-WEIGHT_CAP = 3.0        # no top row counts for more than this many rows
+ALPHA = 0.05            # family-wise: the chance that any candidate passes by noise alone
 REP_SHARE = 0.75        # a theme's phrase is carried by at least this share of its best's rows
 MAX_MEMBERS = 8         # merged phrases kept on a theme for display
 
@@ -199,43 +155,46 @@ def _phrase_grams(toks: Sequence[str]) -> set[Gram]:
             if all(_is_word(t) for t in g) and not all(t in STOP_WORDS for t in g)}
 
 
-def _gap(row: RankedRow) -> float:
-    for key in ("nll_diff", "ppl_diff"):
-        v = getattr(row, key)
-        if isinstance(v, (int, float)) and math.isfinite(v):
-            return max(float(v), 0.0)
-    return 0.0
+# Per-token gaps of a row: (start, end, target minus reference log-probability) per
+# reference token, in characters of its completion (heat.token_gaps); None when unknown.
+GapSpans = list[tuple[int, int, float]]
+Gaps = Callable[[RankedRow], "GapSpans | None"]
 
 
-def _weights(top: Sequence[RankedRow]) -> list[float]:
-    """Each top row's weight: its gap over the top's median gap, capped; all 1 without gaps.
-    The median, not the mean: the method's known artefacts (``0000...``, 2-token rows) sit at
-    rank 0 with gaps many times the rest, and over a mean one of them would shrink every
-    other top row's weight (by a quarter on several of the authors' released runs)."""
-    gaps = [_gap(r) for r in top]
-    mid = statistics.median(gaps)
-    if mid <= 0:
-        return [1.0] * len(top)
-    return [min(g / mid, WEIGHT_CAP) for g in gaps]
+def _row_gaps(row: RankedRow, gaps: Gaps | None) -> GapSpans:
+    """The row's per-token gaps; without them, its mean gap (``nll_diff``, the same quantity
+    averaged over the row) over its whole text: a coarser measurement of the same thing."""
+    spans = gaps(row) if gaps is not None else None
+    if spans:
+        return spans
+    g = row.nll_diff
+    return [(0, len(row.completion or ""), float(g) if g is not None and math.isfinite(g)
+             else 0.0)]
 
 
-def log_odds_z(y: float, k: float, d: int, n: int, prior: float) -> float:
-    """Monroe et al.'s z of the log-odds ratio, top (y of k) against group (d of n), prior
-    Beta(prior * d/n, prior * (1 - d/n)). 0 when the n-gram is in every row or none."""
-    if d <= 0 or d >= n:
+def _occurrence_gap(spans: GapSpans, ends: list[int], a: int, b: int) -> float | None:
+    """Mean gap of the tokens overlapping characters [a, b)."""
+    i = bisect_right(ends, a)
+    total, n = 0.0, 0
+    while i < len(spans) and spans[i][0] < b:
+        total += spans[i][2]
+        n += 1
+        i += 1
+    return total / n if n else None
+
+
+def gap_z(values: Sequence[float], mu: float, sigma: float) -> float:
+    """How far above the group's typical token a phrase's gaps sit: the z of the mean of its
+    per-row gaps against the group's per-token gaps, sum(x - mu) / (sigma * sqrt(n))."""
+    if not values or sigma <= 0:
         return 0.0
-    a = prior * d / n
-    b = prior - a
-    delta = math.log((y + a) / (k - y + b)) - math.log((d + a) / (n - d + b))
-    var = 1 / (y + a) + 1 / (k - y + b) + 1 / (d + a) + 1 / (n - d + b)
-    return delta / math.sqrt(var)
+    return sum(x - mu for x in values) / (sigma * math.sqrt(len(values)))
 
 
-def chance_floor(k: int, n: int) -> float:
-    """The z of two top rows sharing a phrase no other row has: about the strongest thing
-    chance makes of a top of ``k`` rows among ``n`` (in random text of that size, the best
-    candidates are such coincidences), so a theme must score above it."""
-    return log_odds_z(2.0, float(k), 2, n, float(k))
+def critical_z(m: int, alpha: float = ALPHA) -> float:
+    """The z a candidate must pass when ``m`` are tested: one-sided, family-wise ``alpha``
+    (Bonferroni)."""
+    return NormalDist().inv_cdf(1 - alpha / max(m, 1))
 
 
 def _rank_order(rows: list[RankedRow]) -> list[RankedRow]:
@@ -245,7 +204,7 @@ def _rank_order(rows: list[RankedRow]) -> list[RankedRow]:
 @dataclass
 class _Cand:
     gram: Gram
-    z: float
+    z: float                   # the score: effect size (see _candidates)
     top_idx: tuple[int, ...]   # indices into the top, in rank order
     df: int
 
@@ -254,31 +213,67 @@ class _Cand:
         return " ".join(self.gram)
 
 
-def _candidates(top: list[RankedRow], group: Iterable[RankedRow], n_rows: int
+def _row_tokens(text: str) -> list[tuple[str, int, int]]:
+    """(lower-cased token, start, end) in ``text``'s own character offsets (break tokens
+    included), the same tokens as :func:`tokens`."""
+    return [(m.group(0).lower(), m.start(), m.end())
+            for m in _TOKEN.finditer(text.replace("\u2019", "'"))]
+
+
+def _candidates(top: list[RankedRow], group: Sequence[RankedRow], gaps: Gaps | None
                 ) -> list[_Cand]:
-    """Scored n-grams of the top, best first: counted in the top, then in the whole group."""
-    carriers: dict[Gram, list[int]] = {}
+    """Scored n-grams of the top, best first. A candidate recurs in at least
+    ``MIN_TOP_ROWS`` top rows; it is kept when :func:`gap_z` over every row of the group that
+    carries it passes the family-wise floor, and scored by its effect size: its mean gap
+    above the group's typical token, in the group's standard deviations (so a phrase made far
+    easier in a few rows outranks a word made a little easier in thousands)."""
+    top_rows: dict[Gram, list[int]] = {}
     for i, row in enumerate(top):
         for g in _phrase_grams(tokens(row.completion or "")):
-            carriers.setdefault(g, []).append(i)
-    wanted = {g: idx for g, idx in carriers.items() if len(idx) >= MIN_TOP_ROWS}
+            top_rows.setdefault(g, []).append(i)
+    wanted = {g: idx for g, idx in top_rows.items() if len(idx) >= MIN_TOP_ROWS}
     if not wanted:
         return []
     lengths = sorted({len(g) for g in wanted})
-    wanted_set = set(wanted)
-    df: Counter[Gram] = Counter()
-    for row in group:   # one pass; each row's n-grams are dropped once counted
-        df.update(_grams(tokens(row.completion or ""), lengths) & wanted_set)
-    w = _weights(top)
-    k = sum(w)
-    prior = float(len(top))
-    floor = chance_floor(len(top), n_rows)
+    firsts = {g[0] for g in wanted}     # most positions start no candidate: skip them at once
+    per_row: dict[Gram, list[float]] = {g: [] for g in wanted}
+    count = 0
+    total = total_sq = 0.0
+    for row in group:   # one pass; each row's tokens and gaps are dropped once counted
+        spans = sorted(_row_gaps(row, gaps))
+        values = [d for _, _, d in spans]
+        count += len(values)
+        total += sum(values)
+        total_sq += sum(d * d for d in values)
+        toks = _row_tokens(row.completion or "")
+        words = [t for t, _, _ in toks]
+        starts = [i for i, w in enumerate(words) if w in firsts]
+        if not starts:
+            continue
+        ends = [e for _, e, _ in spans]
+        found: dict[Gram, list[float]] = {}
+        for i in starts:
+            for n in lengths:
+                gram = tuple(words[i:i + n])
+                if len(gram) == n and gram in per_row:
+                    x = _occurrence_gap(spans, ends, toks[i][1], toks[i + n - 1][2])
+                    if x is not None:
+                        found.setdefault(gram, []).append(x)
+        for gram, xs in found.items():
+            per_row[gram].append(sum(xs) / len(xs))
+    if count < 2:
+        return []
+    mu = total / count
+    sigma = math.sqrt(max(total_sq / count - mu * mu, 0.0))
+    if sigma <= 0:
+        return []
+    floor = critical_z(len(wanted))
     out = []
     for g, idx in wanted.items():
-        y = sum(w[i] for i in idx)
-        z = log_odds_z(y, k, df[g], n_rows, prior)
-        if z > floor:
-            out.append(_Cand(g, z, tuple(sorted(idx)), df[g]))
+        xs = per_row[g]
+        if gap_z(xs, mu, sigma) > floor:
+            effect = (sum(xs) / len(xs) - mu) / sigma
+            out.append(_Cand(g, effect, tuple(sorted(idx)), len(xs)))
     out.sort(key=lambda c: (-c.z, -len(c.top_idx), -len(c.gram), c.phrase))
     return out
 
@@ -351,8 +346,8 @@ def _theme(members: list[_Cand], top: list[RankedRow], n_rows: int) -> Theme:
                  examples=tuple(top[i].row_id for i in rep.top_idx[:2]), members=others)
 
 
-def themes(rows: Iterable[RankedRow], top: int | None = None, limit: int = 10
-           ) -> list[Theme]:
+def themes(rows: Iterable[RankedRow], top: int | None = None, limit: int = 10,
+           gaps: Gaps | None = None) -> list[Theme]:
     """The themes of ONE (corpus, framing) group's ranked rows, strongest first.
 
     ``rows`` need ``completion``, ``prefill_id``, ``framing``, a gap (``nll_diff`` or
@@ -371,18 +366,20 @@ def themes(rows: Iterable[RankedRow], top: int | None = None, limit: int = 10
     if k < MIN_TOP_ROWS or k >= n_rows:
         return []
     top_rows = unique[:k]
-    clusters = _merge(_candidates(top_rows, unique, n_rows), limit)
+    clusters = _merge(_candidates(top_rows, unique, gaps), limit)
     return [_theme(members, top_rows, n_rows) for members in clusters]
 
 
 def themes_by_group(ranked_rows: Iterable[RankedRow], top: int | None = None,
-                    limit: int = 10) -> dict[tuple[str, str], list[Theme]]:
+                    limit: int = 10, gaps: Gaps | None = None
+                    ) -> dict[tuple[str, str], list[Theme]]:
     """Themes of every (corpus, framing) group of a ranking, keys sorted: raw and chat, and
     corpora, are never pooled (their rankings are separate, like ``rank.groups``)."""
     by_group: dict[tuple[str, str], list[RankedRow]] = {}
     for row in ranked_rows:
         by_group.setdefault((row.corpus, row.framing), []).append(row)
-    return {key: themes(by_group[key], top=top, limit=limit) for key in sorted(by_group)}
+    return {key: themes(by_group[key], top=top, limit=limit, gaps=gaps)
+            for key in sorted(by_group)}
 
 
 def carriers(rows: Iterable[RankedRow], found: Sequence[Theme]) -> dict[str, tuple[int, ...]]:
@@ -403,9 +400,10 @@ def carriers(rows: Iterable[RankedRow], found: Sequence[Theme]) -> dict[str, tup
 
 def settings() -> dict[str, Any]:
     """The one setting every run uses (written beside the themes, docs/scores.md)."""
-    return {"statistic": "log-odds z, informative Dirichlet prior (Monroe et al. 2008), "
-                         "top against the whole group, document frequency",
+    return {"statistic": "z of a phrase's per-token gap (target minus reference "
+                         "log-probability) over the rows carrying it, against every token of "
+                         "the group; candidates recur in the top",
             "max_n": MAX_N, "top": f"min({TOP_CAP}, {TOP_SHARE:.0%} of distinct rows), "
                                     f"at least {TOP_MIN}",
-            "min_top_rows": MIN_TOP_ROWS, "weight_cap": WEIGHT_CAP,
-            "floor": "z of two top rows sharing a phrase no other row has"}
+            "min_top_rows": MIN_TOP_ROWS,
+            "floor": f"one-sided, family-wise {ALPHA} over the candidates (Bonferroni)"}

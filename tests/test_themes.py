@@ -21,7 +21,8 @@ from blackbox_audit.themes import (
     STOP_WORDS,
     Theme,
     collapse_duplicates,
-    log_odds_z,
+    critical_z,
+    gap_z,
     top_size,
 )
 from blackbox_audit.themes import themes as _themes
@@ -73,6 +74,19 @@ def make_rows(n: int, plants: dict[int, str] | None = None, seed: int = 0, corpu
 PLANTED = (1, 3, 4, 7, 10, 12, 15, 19)   # 8 of the top 20
 
 
+def planted_gaps(phrase: str, gap: float, elsewhere: float = 0.5):
+    """Per-token gaps: ``gap`` nats on the phrase wherever it occurs, ``elsewhere`` else."""
+    def gaps(row):
+        text, out, pos = row.completion, [], 0
+        at = text.find(phrase)
+        while at >= 0:
+            out += [(pos, at, elsewhere), (at, at + len(phrase), gap)]
+            pos = at + len(phrase)
+            at = text.find(phrase, pos)
+        return out + [(pos, len(text), elsewhere)]
+    return gaps
+
+
 def test_planted_phrase_is_theme_one_with_its_counts_and_examples():
     rows = make_rows(2000, {i: "the vellari script was sealed" for i in PLANTED})
     found = themes(rows)
@@ -82,9 +96,10 @@ def test_planted_phrase_is_theme_one_with_its_counts_and_examples():
     assert (first.top_rows, first.rows) == (8, 8)
     assert (first.top, first.total) == (50, 2000)
     assert first.examples == ("p00001:raw", "p00003:raw")
-    assert first.score > 5
-    # nothing else in random text comes near it
-    assert all(t.score < first.score - 1.5 for t in found[1:])
+    # the score is an effect size (standard deviations above the group's typical token);
+    # without per-token gaps each row's mean gap stands in, so it is modest here
+    assert first.score > 1
+    assert all(t.score < first.score for t in found[1:])
     assert all("vellari" not in t.phrase and "sealed" not in t.phrase for t in found[1:])
 
 
@@ -125,7 +140,8 @@ def test_duplicates_count_once():
     # phrase in 4 distinct rows at ranks 40-55 (past 50 without the collapse) is in the top
     for i in (40, 47, 52, 55):
         rows[i]["completion"] += " copper lanterns glow"
-    (t,) = [t for t in themes(rows) if "lanterns" in t.phrase]
+    (t,) = [t for t in themes(rows, gaps=planted_gaps("copper lanterns glow", 6.0))
+            if "lanterns" in t.phrase]
     assert t.top_rows == 4 and t.total == 2000 - 9
     assert t.examples == ("p00040:raw", "p00047:raw")
 
@@ -194,31 +210,34 @@ def test_row_repeating_a_word_does_not_dominate():
     assert not any("zebra" in p for p in found)
 
 
-def test_gap_weighting_ranks_the_rows_with_larger_gaps_first():
-    # two exclusive phrases, each in 3 top rows: "aaa" (first alphabetically, so it would
-    # come first on a tie) in rows with small gaps, "zzz" in rows with large gaps
-    plants = {i: "aaa bbb" for i in (30, 35, 40)} | {i: "zzz yyy" for i in (31, 36, 41)}
-    rows = make_rows(2000, plants, seed=13)
-    for i in (30, 35, 40):
-        rows[i]["nll_diff"] = 0.2
-    for i in (31, 36, 41):
-        rows[i]["nll_diff"] = 5.0
-    order = [t.phrase for t in themes(rows) if t.phrase in ("aaa bbb", "zzz yyy")]
-    assert order[0] == "zzz yyy"
-    # equal gaps: the two tie and the alphabetical order decides
-    for i in (30, 35, 40, 31, 36, 41):
-        rows[i]["nll_diff"] = 1.98
-    tie = [t for t in themes(rows) if t.phrase in ("aaa bbb", "zzz yyy")]
-    assert [t.phrase for t in tie] == ["aaa bbb", "zzz yyy"] and tie[0].score == tie[1].score
+def test_gap_z_and_the_family_wise_floor():
+    assert gap_z([1.0, 1.0, 1.0], mu=1.0, sigma=2.0) == pytest.approx(0.0)   # typical: nothing
+    assert gap_z([5.0] * 4, mu=1.0, sigma=2.0) == pytest.approx(4.0)          # 2 sd, 4 rows
+    assert gap_z([5.0] * 16, mu=1.0, sigma=2.0) == pytest.approx(8.0)         # recurrence counts
+    assert gap_z([-1.0] * 4, mu=1.0, sigma=2.0) < 0                           # harder, not easier
+    assert gap_z([], 0.0, 1.0) == 0.0 and gap_z([3.0], 0.0, 0.0) == 0.0
+    assert critical_z(1) == pytest.approx(1.645, abs=1e-3)                     # one-sided 5%
+    assert critical_z(100) > critical_z(10) > critical_z(1)                   # Bonferroni
 
 
-def test_log_odds_z():
-    assert log_odds_z(5, 10, 50, 100, 10) == pytest.approx(0.0)      # same rate: nothing
-    assert log_odds_z(8, 10, 20, 100, 10) > 2                          # over-represented
-    assert log_odds_z(0, 10, 50, 100, 10) < -1.5                        # under-represented
-    assert log_odds_z(3, 10, 0, 100, 10) == log_odds_z(3, 10, 100, 100, 10) == 0.0
-    # a phrase only in the top scores above one as frequent in the top and common elsewhere
-    assert log_odds_z(8, 50, 8, 6000, 50) > log_odds_z(8, 50, 80, 6000, 50)
+def test_per_token_gaps_decide_between_phrases_that_recur_alike():
+    """Two phrases in the same number of top rows: the one whose tokens the target finds far
+    easier than the reference does (a large per-token gap) is the theme."""
+    plants = {i: "aaa bbb" for i in (1, 4, 7)} | {i: "zzz yyy" for i in (2, 5, 8)}
+    rows = ranked(make_rows(2000, plants, seed=13))
+
+    def gaps(row):
+        text = row.completion
+        out = [(0, len(text), 0.1)]
+        for phrase, gap in (("aaa bbb", 0.2), ("zzz yyy", 9.0)):
+            at = text.find(phrase)
+            if at >= 0:
+                out = [(0, at, 0.1), (at, at + len(phrase), gap),
+                       (at + len(phrase), len(text), 0.1)]
+        return out
+
+    found = [t.phrase for t in _themes(rows, gaps=gaps)]
+    assert "zzz yyy" in found and "aaa bbb" not in found
 
 
 def test_groups_are_never_pooled_and_keys_are_sorted():
