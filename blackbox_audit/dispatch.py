@@ -25,12 +25,11 @@ The transport reports outcomes through the three methods of
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -159,9 +158,7 @@ async def run_all(items: Sequence[T], call: Callable[[T], Awaitable[R]],
     exception it raises is fatal (a refused key, an unknown model): the other workers are
     cancelled and awaited, and the exception propagates with nothing left running.
     """
-    it = iter(items)
-    with quiet_gc():
-        await _run_workers(it, len(items), call, done, limiter)
+    await _run_workers(iter(items), len(items), call, done, limiter)
 
 
 async def _run_workers(it: Iterator[T], n: int, call: Callable[[T], Awaitable[R]],
@@ -182,26 +179,3 @@ async def _run_workers(it: Iterator[T], n: int, call: Callable[[T], Awaitable[R]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@contextmanager
-def quiet_gc(young: int = 20_000) -> Iterator[None]:
-    """Keep the cyclic garbage collector off the request path while generation runs.
-
-    Each answer parses into a thousand or so small containers (100 tokens x top-5 logprobs),
-    so the default young-generation threshold (700) collects after every answer, and the
-    occasional full collection walks every object torch and transformers created at import.
-    Measured on bench/client.py, that was a third of the client's CPU. Objects alive now are
-    frozen (``gc.freeze``: never scanned, never freed, until ``unfreeze``) and the young
-    threshold is raised; both are restored after. Reference counting still frees every
-    acyclic object at once: only cycle detection is deferred.
-    """
-    gc.collect()
-    gc.freeze()
-    old = gc.get_threshold()
-    gc.set_threshold(max(old[0], young), *old[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-        gc.unfreeze()

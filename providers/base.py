@@ -130,8 +130,11 @@ class Provider(ABC):
             raise RequestFailed(f"connection failed after retries: {e}") from e
         if response.status_code >= 400:
             self.raise_for_status(response)
-        try:  # the retry transport parsed a 2xx JSON body already (JSON_EXTENSION)
-            payload = response.extensions.get(JSON_EXTENSION) or response.json()
+        # The retry transport parsed a 2xx JSON body already (JSON_EXTENSION); taken off the
+        # answer, the parsed tree is freed with this call, not with httpx's response (which
+        # waits for the cyclic collector: it and its stream refer to each other).
+        try:
+            payload = response.extensions.pop(JSON_EXTENSION, None) or response.json()
         except ValueError as e:
             raise RequestFailed(f"HTTP {response.status_code} with a body that is not JSON: "
                                 f"{response.text[:200]!r}") from e
