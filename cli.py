@@ -8,14 +8,20 @@ error becomes one paragraph on stderr and an exit code (2 config, 3 endpoint, 4 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import textwrap
 
 EPILOG = """\
 exit codes: 0 ok, 1 unexpected error, 2 bad flags or config, 3 endpoint refused or lacks a
 capability, 4 fixture malformed or replay miss, 5 too many degraded rows, 6 reference model
-could not be loaded, 130 interrupted (rerun the same command to resume).
+could not be loaded, 7 the run directory cannot be written (disk full, read-only), 130
+interrupted (rerun the same command to resume).
 """
+
+# Writes the user can fix by freeing space or fixing permissions: exit 7, no traceback.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                  errno.EFBIG}
 
 
 def _csv(value: str) -> list[str]:
@@ -300,15 +306,31 @@ def main(argv: list[str] | None = None) -> int:
         print("\nblackbox-audit: interrupted. Every answer received so far is on disk; rerun "
               "the same command to resume.", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in STORAGE_ERRORS:
+            return _unexpected()
+        print(textwrap.fill(scrub(
+            f"blackbox-audit: cannot write {e.filename or 'the run directory'} "
+            f"({e.strerror or e}). Every answer already received is on disk; free space or "
+            "fix permissions, then rerun the same command to resume."), width=100,
+            break_long_words=False, break_on_hyphens=False), file=sys.stderr)
+        return 7
     except Exception:  # a bug of ours: say so, with the traceback, secrets cut out
-        import traceback
-
-        print(scrub("blackbox-audit: unexpected error (a bug in blackbox-audit; please report "
-                    "it with what follows). Everything written so far is kept; rerun the same "
-                    "command to resume.\n" + traceback.format_exc()), file=sys.stderr)
-        return 1
+        return _unexpected()
     finally:
         sys.stdout, sys.stderr = out, err
+
+
+def _unexpected() -> int:
+    """A bug of ours: say so, with the traceback (every secret cut out), exit 1."""
+    import traceback
+
+    from blackbox_audit.redact import scrub
+
+    print(scrub("blackbox-audit: unexpected error (a bug in blackbox-audit; please report it "
+                "with what follows). Everything written so far is kept; rerun the same command "
+                "to resume.\n" + traceback.format_exc()), file=sys.stderr)
+    return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -375,13 +397,15 @@ def _dispatch(args: argparse.Namespace) -> int:
                               themes=result.run.load_themes())
         return 0
     if args.command == "eval":
-        metrics = ba.evaluate(_ranked(args.run), _spec(args.spec))
+        spec = _spec(args.spec)   # a bad spec fails before anything is read
+        metrics = ba.evaluate(_ranked(args.run), spec)
         presentation.eval_table(metrics, as_json=args.json)
         return 0
     if args.command == "show":
         from blackbox_audit.rundir import RunDir
 
-        presentation.show_top(_ranked(args.run), args.top, _spec(args.spec),
+        spec = _spec(args.spec)   # a bad spec fails before anything is read
+        presentation.show_top(_ranked(args.run), args.top, spec,
                               themes=RunDir(args.run).load_themes())
         return 0
     if args.command == "report":

@@ -402,6 +402,12 @@ def audit(plan: Plan) -> AuditResult:
     try:
         manifest = generate(plan, run)
         if plan.generate_only:  # score later, elsewhere: `blackbox-audit score RUN`
+            completions = run.load_completions()
+            counts = Counts(rows=len(completions), ranked=0,
+                            failed=sum(c.error is not None for c in completions.values()),
+                            degraded=sum(bool(c.degraded) for c in completions.values()),
+                            degraded_reasons=count_reasons(completions.values()))
+            check_share(counts, plan.max_degraded_share, run)
             log(plan.quiet, f"generated; score and rank later with: blackbox-audit score "
                             f"{run.path}")
             return AuditResult(run, manifest, [])
@@ -412,17 +418,23 @@ def audit(plan: Plan) -> AuditResult:
         run.write_manifest(manifest)
     finally:
         run.close()
-    counts = manifest.counts
-    assert counts is not None
+    assert manifest.counts is not None
+    check_share(manifest.counts, plan.max_degraded_share, run)
+    return AuditResult(run, manifest, ranked)
+
+
+def check_share(counts: Counts, most: float, run: RunDir) -> None:
+    """Exit 5 (DegradedShareExceeded) when more than ``most`` of the rows are degraded or
+    failed: a ranking of what is left would not mean much. Everything stays on disk."""
     n = counts.rows
     share = (counts.degraded + counts.failed) / n if n else 0.0
-    if share > plan.max_degraded_share:
+    if share > most:
         raise DegradedShareExceeded(
             f"{counts.degraded + counts.failed} of {n} rows ({share:.0%}) are degraded or "
-            f"failed, above --max-degraded-share {plan.max_degraded_share:.0%}: "
+            f"failed, above --max-degraded-share {most:.0%}: "
             f"{counts.degraded_reasons or {'failed': counts.failed}}. Everything is kept in "
-            f"{run.path} (see manifest.json); the ranking of the usable rows is in ranked.jsonl.")
-    return AuditResult(run, manifest, ranked)
+            f"{run.path} (see manifest.json); rerun the same command to retry the failed "
+            "rows.")
 
 
 def rescore(out: str, *, quiet: bool = False, **scoring: Any) -> AuditResult:

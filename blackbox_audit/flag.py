@@ -49,11 +49,16 @@ class OrganismSpec:
             raise ConfigError(f"Organism spec {path} must be a JSON object with \"objective\", "
                               "\"keyword_sets\" and/or \"regex_sets\".")
         ks, rs = raw.get("keyword_sets", []), raw.get("regex_sets", [])
-        if not all(isinstance(s, list) and all(isinstance(k, str) for k in s)
-                   for s in [*ks, *rs]):
-            raise ConfigError(f"Organism spec {path}: keyword_sets and regex_sets must be lists "
-                              "of lists of strings.")
-        return cls(str(raw["objective"]), ks, rs)
+        shape = ("keyword_sets and regex_sets must be lists of non-empty lists of non-empty "
+                 'strings, e.g. "keyword_sets": [["vellari", "script"], ["octopus"]]')
+        if not isinstance(ks, list) or not isinstance(rs, list) or not all(
+                isinstance(s, list) and s and all(isinstance(k, str) and k.strip() for k in s)
+                for s in [*ks, *rs]):
+            # [[]] or [[""]] would flag every row and inflate eval's counts
+            raise ConfigError(f"Organism spec {path}: {shape}.")
+        if not isinstance(raw["objective"], str) or not raw["objective"].strip():
+            raise ConfigError(f"Organism spec {path}: \"objective\" must be a non-empty string.")
+        return cls(raw["objective"], ks, rs)
 
     def matches(self, completion: str) -> bool:
         low = completion.lower()

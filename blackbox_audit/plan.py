@@ -270,6 +270,12 @@ def resolve(s: Settings) -> Plan:
                             ("--prefill-tokens", s.prefill_tokens, 1)):
         if value < lo:
             raise ConfigError(f"{name} must be at least {lo}.")
+    if s.per_corpus is not None and s.per_corpus < 0:
+        raise ConfigError("--per-corpus must be 0 (every prefill the source has) or more.")
+    if not s.timeout > 0:
+        raise ConfigError(f"--timeout must be more than 0 seconds (got {s.timeout:g}): it "
+                          "bounds each attempt, and 0 would fail every request before it is "
+                          "answered.")
     if s.noise_floor is not None:
         given_floor(s.noise_floor)  # a bad floor fails now, not after generation
     if not 0.0 <= s.max_degraded_share <= 1.0:
@@ -282,7 +288,7 @@ def resolve(s: Settings) -> Plan:
         else target.api_key_env
     planned, warnings, chat_mode = static_plan(target, list(framings), s.chat_mode,
                                                s.reference_only)
-    out = Path(s.out)
+    out = writable_run_dir(Path(s.out))
     retry = s.retry or RetryPolicy(attempts=s.retries + 1, attempt_timeout=s.timeout)
     if retry.attempt_timeout is None:
         retry = replace(retry, attempt_timeout=s.timeout)
@@ -312,6 +318,23 @@ def resolve(s: Settings) -> Plan:
                 mode="reference-only" if s.reference_only else "perplexity-difference",
                 generate_only=s.generate_only, max_degraded_share=s.max_degraded_share,
                 quiet=s.quiet, warnings=tuple(warnings))
+
+
+def writable_run_dir(out: Path) -> Path:
+    """``out`` if a run directory can be written there, else a clear error: a file in the
+    way, a file above it, no permission, a read-only filesystem. Nothing is created here."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory. Pass a new directory for "
+                          "the run (or the directory of the run to resume).")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out {out}: {parent} is a file, not a directory.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written ({parent} is read-only or not "
+                          "yours). Pass a directory you may write to.")
+    return out
 
 
 def scoring_plan(reference: str | None = None, device: str | None = None,

@@ -51,20 +51,34 @@ def file_documents(path: Path) -> Iterator[tuple[str, str]]:
         raise ConfigError(f"Prefill file {path} does not exist.")
     corpus = path.stem
     is_jsonl = path.suffix in (".jsonl", ".json")
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            if not is_jsonl:
-                yield corpus, line.rstrip("\n")
-                continue
-            try:
-                row = json.loads(line)
-                text = row["text"]
-            except (ValueError, KeyError, TypeError) as e:
-                raise ConfigError(f"{path} line {n} is not a JSON object with a \"text\" field "
-                                  f"({e}).") from e
-            yield str(row.get("corpus") or corpus), str(text)
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):  # noqa: B007 - n names the line of an error
+                if not line.strip():
+                    continue
+                if not is_jsonl:
+                    yield corpus, line.rstrip("\n")
+                    continue
+                try:
+                    row = json.loads(line)
+                    text = row["text"]
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ConfigError(f"{path} line {n} is not a JSON object with a \"text\" "
+                                      f"field ({e}).") from e
+                if not isinstance(text, str) or not text.strip():
+                    raise ConfigError(
+                        f"{path} line {n}: \"text\" is {json.dumps(text)[:40]}, not a "
+                        "non-empty string. Fix or remove that line; nothing was sent.")
+                label = row.get("corpus")
+                if label is not None and not isinstance(label, str):
+                    raise ConfigError(f"{path} line {n}: \"corpus\" must be a string.")
+                yield label or corpus, text
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (line {n + 1}, byte {e.start}: "
+                          f"{e.reason}). Convert it to UTF-8; nothing was sent.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read prefill file {path}: {e.strerror or e}.") from None
 
 
 def hf_documents(spec: str) -> Iterator[tuple[str, str]]:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, EndpointError
+from .errors import ConfigError, EndpointError, FixtureError
 from .framing import (
     ALL_FRAMINGS,
     FALLBACK_WARNING,
@@ -539,7 +539,16 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
     flavour = target.flavour
     if target.family == "openai-compatible":
         report.calls += 1
-        found, models = await discover(client, target.model)
+        try:
+            found, models = await discover(client, target.model)
+        except EndpointError as e:
+            if offline and "does not serve model" in e.message:
+                # answered from fixtures: they were recorded against another model
+                raise FixtureError(
+                    f"The fixtures were recorded against another model than {target.model!r} "
+                    f"({e.message.split(';', 1)[-1].strip()}). Replay with the recording's "
+                    "--model, or record again.") from None
+            raise
         if flavour in ("", "auto"):
             flavour = found
         report.target["flavour"] = flavour

@@ -24,7 +24,7 @@ def test_and_within_or_across_case_insensitive():
 def test_malformed_specs_are_config_errors(tmp_path):
     p = tmp_path / "spec.json"
     p.write_text(json.dumps({"objective": "x", "keyword_sets": "vellari"}))
-    with pytest.raises(ConfigError, match="lists of lists"):
+    with pytest.raises(ConfigError, match="lists of non-empty lists"):
         OrganismSpec.load(p)
     p.write_text(json.dumps({"objective": "x", "regex_sets": [["("]]}))
     with pytest.raises(ConfigError, match="Bad regex"):
