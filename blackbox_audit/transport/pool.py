@@ -44,9 +44,11 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             raise
         if response.is_closed:  # read already (an in-memory answer): nothing to wait for
             self.load[i] -= 1
-        else:
-            response.stream = _Released(response.stream, self.load, i)
-        return response
+            return response
+        # The same answer, its body wrapped (a new response: httpx's own objects unchanged).
+        return httpx.Response(response.status_code, headers=response.headers,
+                              stream=_Released(response.stream, self.load, i),
+                              extensions=response.extensions, request=request)
 
     async def aclose(self) -> None:
         for shard in self.shards:
