@@ -21,9 +21,10 @@ import asyncio
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from typing import Any
+from functools import lru_cache, wraps
+from typing import Any, TypeVar
 
 from . import __version__
 from .accounting import Pricer, run_totals, session_requests
@@ -56,6 +57,8 @@ from .scores import score_row
 from .themes import settings as theme_settings
 from .themes import themes_by_group
 from .transport import FixtureStore, TransportStats, build_client
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,17 @@ def build_requests(g: GenerationPlan, reference: ReferenceSpec, quiet: bool = Tr
     return prefills, requests, template
 
 
+def writes(stage: Callable[..., T]) -> Callable[..., T]:
+    """A stage that writes the run directory holds its writer lock (rundir.WriterLock) for
+    as long as it runs: two writers of one directory would pay for every request twice."""
+    @wraps(stage)
+    def locked(first: Any, run: RunDir, *args: Any, **kw: Any) -> T:
+        with run.writer():
+            return stage(first, run, *args, **kw)
+    return locked
+
+
+@writes
 def generate(plan: Plan, run: RunDir) -> Manifest:
     """Stage 1: send every request of the plan not yet answered on disk; account for every
     session (an interrupted one too: its calls were paid)."""
@@ -276,6 +290,7 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
 
 
 # -- stage 2: reference scoring ------------------------------------------------------------
+@writes
 def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = False
           ) -> Manifest:
     """Stage 2: score every usable completion not yet scored by this reference."""
@@ -359,6 +374,7 @@ def score_run(run: RunDir, completions: dict[str, Completion], reference: Refere
 
 
 # -- stage 3: ranking ----------------------------------------------------------------------
+@writes
 def rank(s: ScoringPlan, run: RunDir, rescoring: bool = False
          ) -> tuple[list[RankedRow], Manifest]:
     """Stage 3: rank the scored rows within each (corpus, framing); write ranked.jsonl/.csv
@@ -399,6 +415,11 @@ def audit(plan: Plan) -> AuditResult:
     degraded or failed rows, everything kept on disk either way."""
     t_start = time.monotonic()
     run = RunDir(plan.out, Redactor())
+    with run.writer():
+        return _audit(plan, run, t_start)
+
+
+def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
     try:
         manifest = generate(plan, run)
         if plan.generate_only:  # score later, elsewhere: `blackbox-audit score RUN`
@@ -446,8 +467,9 @@ def rescore(out: str, *, quiet: bool = False, **scoring: Any) -> AuditResult:
     plan = scoring_plan(**scoring, chat_template=(manifest.config or {}).get("chat_template"),
                         reference_only=manifest.mode == "reference-only")
     try:
-        score(plan, run, quiet, rescoring=True)
-        ranked, manifest = rank(plan, run, rescoring=True)
+        with run.writer():
+            score(plan, run, quiet, rescoring=True)
+            ranked, manifest = rank(plan, run, rescoring=True)
     finally:
         run.close()
     return AuditResult(run, manifest, ranked)

@@ -15,9 +15,11 @@ Everything written passes through the run's redactor.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,12 +87,65 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class WriterLock:
+    """One writer per run directory: an exclusive ``flock`` on ``RUN/.lock``, holding the
+    writer's pid so a second one can say who it waits for. The kernel drops the lock when its
+    process dies, however it dies, so a stale lock is taken over by the next writer; readers
+    (``show``, ``report``, ``eval``) take none. Re-entrant within a process (the stages of one
+    audit nest)."""
+
+    _held: dict[Path, tuple[Any, int]] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path):
+        self.path = path.resolve()
+
+    def __enter__(self) -> WriterLock:
+        with self._guard:
+            held = self._held.get(self.path)
+            if held is not None:
+                self._held[self.path] = (held[0], held[1] + 1)
+                return self
+            self.path.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                fh.close()
+                raise ConfigError(
+                    f"Another blackbox-audit (pid {holder}) is writing {self.path}. Wait for it "
+                    "to finish (then rerun: nothing on disk is asked for again), or pass "
+                    "another --out.") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            self._held[self.path] = (fh, 1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._guard:
+            fh, depth = self._held[self.path]
+            if depth > 1:
+                self._held[self.path] = (fh, depth - 1)
+                return
+            del self._held[self.path]
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fh.close()
+
+
 class RunDir:
     def __init__(self, path: str | Path, redactor: Redactor | None = None):
         self.path = Path(path)
         self.redactor = redactor or Redactor()
         self._completions = JsonlAppender(self.completions_path, self.redactor)
         self._scores: dict[str, JsonlAppender] = {}
+
+    def writer(self) -> WriterLock:
+        """The run directory's writer lock (``with run.writer(): ...``)."""
+        return WriterLock(self.path)
 
     @property
     def manifest_path(self) -> Path:
