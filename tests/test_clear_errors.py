@@ -169,3 +169,23 @@ def test_read_only_directories_are_refused_where_permissions_apply(tmp_path, cap
         assert code == 2 and "cannot be written" in err
     finally:
         locked.chmod(0o755)
+
+
+def test_under_ci_what_a_test_needs_and_cannot_find_is_a_failure(tmp_path):
+    """conftest.unavailable: a skip that says why on a developer's machine, a failure under
+    CI=true (a missing server, browser or data file must not pass CI as a skip)."""
+    import subprocess
+    import sys
+
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("from conftest import unavailable\n\n"
+                     "def test_needs_a_server():\n"
+                     "    unavailable('the server would not start')\n")
+    for ci, want_code, want in (("true", 1, "CI=true and the server would not start"),
+                                ("", 0, "1 skipped")):
+        env = {**os.environ, "CI": ci, "PYTHONPATH": str(ROOT / "tests")}
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p",
+                            "no:cacheprovider", str(probe)], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == want_code, r.stdout
+        assert want in r.stdout

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import unavailable
 
 from blackbox_audit import audit, plan
 from blackbox_audit.reference import packaged_smollm2
@@ -36,8 +37,8 @@ NOISE_BOUND_SHORT = 0.3
 
 
 def _skip(reason: str):
-    print(f"\nSKIPPED llama-server integration: {reason}", file=sys.stderr)
-    pytest.skip(reason)
+    print(f"\nllama-server integration unavailable: {reason}", file=sys.stderr)
+    unavailable(f"the llama-server integration cannot run: {reason}")
 
 
 @pytest.fixture(scope="module")

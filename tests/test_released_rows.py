@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 
 from blackbox_audit.evaluate import evaluate
 from blackbox_audit.flag import OrganismSpec
@@ -52,7 +53,7 @@ def ranked_run(run: dict, cfg: RankConfig | None = None) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs():
     if not DATA.exists():
-        pytest.skip(f"reference data not found at {DATA}")
+        unavailable(f"the paper's released rows are not at {DATA}")
     return json.loads(DATA.read_text())
 
 
