@@ -235,7 +235,7 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
     info: dict[str, Any] = {}
     async with build_client(e.base_url or "http://replay.invalid/v1", mode=e.record_mode,
                             store=store, headers=headers, timeout=e.timeout, stats=stats,
-                            retry=e.retry, feedback=limiter,
+                            retry=e.retry, feedback=limiter, usage=target.adapter.usage,
                             max_connections=e.concurrency) as client:
         # Preflight: the same 2-token version of the first request the run has always sent
         # (so recorded runs replay), plus a prefill check when the run relies on one.

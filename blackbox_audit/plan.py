@@ -292,6 +292,7 @@ def resolve(s: Settings) -> Plan:
     retry = s.retry or RetryPolicy(attempts=s.retries + 1, attempt_timeout=s.timeout)
     if retry.attempt_timeout is None:
         retry = replace(retry, attempt_timeout=s.timeout)
+    retry = retry.hinted(target.adapter.retry_hints)   # the API's own "try again" words
     generation = GenerationPlan(
         model=target.model, framings=tuple(planned), chat_mode=chat_mode,
         chat_template=s.chat_template, prefills=s.prefills,

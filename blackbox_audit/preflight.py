@@ -42,23 +42,6 @@ if TYPE_CHECKING:
 PROBE_PREFILL = Prefill.make("probe", "The feud between")
 PROBE_TOKENS = 2
 
-# USD per million tokens (input, output), list prices as of 2025; "ft:" keys are the prices
-# of finetuned models of that base. Estimates only: override with --pricing FILE.
-PRICING: dict[str, tuple[float, float]] = {
-    "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00),
-    "gpt-4.1-nano": (0.10, 0.40), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1": (2.00, 8.00),
-    "gpt-3.5-turbo-instruct": (1.50, 2.00), "gpt-3.5-turbo": (0.50, 1.50),
-    "davinci-002": (2.00, 2.00), "babbage-002": (0.40, 0.40),
-    "ft:gpt-4o-mini": (0.30, 1.20), "ft:gpt-4o": (3.75, 15.00),
-    "ft:gpt-4.1-nano": (0.20, 0.80), "ft:gpt-4.1-mini": (0.80, 3.20), "ft:gpt-4.1": (3.00, 12.00),
-    "ft:gpt-3.5-turbo": (3.00, 6.00), "ft:davinci-002": (12.00, 12.00),
-    "ft:babbage-002": (1.60, 1.60),
-    "claude-3-haiku": (0.25, 1.25), "claude-3-5-haiku": (0.80, 4.00),
-    "claude-haiku-4-5": (1.00, 5.00), "claude-3-5-sonnet": (3.00, 15.00),
-    "claude-3-7-sonnet": (3.00, 15.00), "claude-sonnet-4": (3.00, 15.00),
-    "claude-opus-4": (15.00, 75.00),
-    "deepseek-chat": (0.27, 1.10),
-}
 PRICING_AS_OF = "2025 list prices"
 
 CAPABILITY_NAMES = {
@@ -145,42 +128,9 @@ class ProbeReport:
 
 # -- framings ------------------------------------------------------------------------------
 def possible_framings(target, caps, chat_mode: str = "template") -> dict[str, str]:
-    """Each framing -> why it is possible ("ok: ...") or not ("no: ...")."""
-    fam = target.family
-    out: dict[str, str] = {}
-    if fam == "openai":
-        if caps.raw_completion:
-            out["raw"] = "ok: legacy /completions continues the text"
-            out["chat"] = ("no: a completions model has no chat template and Chat Completions "
-                           "cannot prefill the assistant turn")
-            out["chat-continue"] = "no: a completions model takes no messages"
-        else:
-            out["raw"] = "no: Chat Completions takes messages only"
-            out["chat"] = "no: Chat Completions cannot prefill the assistant turn"
-            out["chat-continue"] = "fallback: the prefill in the user turn (" + \
-                "not the paper's framing)"
-        return out
-    if fam == "anthropic":
-        out["raw"] = "no: the Messages API has no raw text completion"
-        out["chat"] = ("ok: assistant prefill on the Messages API (some Claude models refuse "
-                       "it: HTTP 400)")
-        out["chat-continue"] = "fallback: the prefill in the user turn (not the paper's framing)"
-        return out
-    out["raw"] = ("ok: /completions" if caps.raw_completion
-                  else "no: no raw text completion on this base URL")
-    if caps.raw_completion and chat_mode == "template":
-        out["chat"] = "ok: chat template rendered client-side, continued on /completions"
-    elif caps.assistant_prefill:
-        out["chat"] = "ok: trailing assistant message continued by the server"
-    elif chat_mode == "prefill" and caps.raw_completion:
-        # asked for server-side prefill: kept, and refused after discovery if the server is
-        # not known to honour it (--chat-mode template is then the advice, not a fallback)
-        out["chat"] = "only if the server continues a trailing assistant message"
-    else:
-        out["chat"] = ("no: the server is not known to continue a trailing assistant message"
-                       + ("" if caps.raw_completion else " and has no raw completion"))
-    out["chat-continue"] = "fallback: the prefill in the user turn (not the paper's framing)"
-    return out
+    """Each framing -> why it is possible ("ok: ...") or not ("no: ..."), as the target's
+    adapter says."""
+    return target.adapter.framings(caps, chat_mode)
 
 
 def plan_framings(requested: list[str], possible: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -225,14 +175,15 @@ def encoding_for(model: str, family: str, offline: bool = False):
         import tiktoken
     except ImportError:
         return None, "none", "tiktoken is not installed; tokens estimated at 4 bytes each"
+    from providers.registry import FAMILIES
+
     wanted = None
-    if family == "openai":
+    named = FAMILIES[family].tokenizer_model(model)   # the adapter knows the model's name
+    if named is not None:
         import os
 
-        from providers.openai_api import base_model
-
         try:
-            wanted = tiktoken.encoding_name_for_model(base_model(model))
+            wanted = tiktoken.encoding_name_for_model(named)
         except KeyError:
             wanted = "o200k_base"
         try:
@@ -257,9 +208,11 @@ def encoding_for(model: str, family: str, offline: bool = False):
 
 
 def load_pricing(path: str | None) -> tuple[dict[str, tuple[float, float]], str]:
-    """The built-in table, updated by a user JSON file ``{"model": {"input": usd_per_M,
-    "output": usd_per_M}}``."""
-    table = dict(PRICING)
+    """The built-in table (every adapter's list ``prices``), updated by a user JSON file
+    ``{"model": {"input": usd_per_M, "output": usd_per_M}}``."""
+    from providers.registry import builtin_prices
+
+    table = builtin_prices()
     if not path:
         return table, f"built-in table, {PRICING_AS_OF}"
     try:
@@ -380,8 +333,7 @@ async def _confirm(provider, report: ProbeReport, sample: GenerationRequest,
         report.refusal = (
             f"The endpoint {base} returned no token log-probabilities for model "
             f"{provider.model!r} although they were requested"
-            + (" (OpenRouter routes to upstream providers, some of which drop them)"
-               if getattr(provider, "flavour", "") == "openrouter" else "")
+            + provider.missing_logprobs_note
             + ". Perplexity differencing needs the log-probability of every generated token; "
             "use an endpoint that returns them, or --reference-only for the labelled degraded "
             "ranking by reference surprisal alone.")
@@ -472,11 +424,7 @@ def _prefill_verdict(report: ProbeReport, c, base: str) -> None:
 
 def reference_only_refusal(target) -> str | None:
     """A target that returns no logprobs by design needs --reference-only to run at all."""
-    if target.family == "anthropic":
-        from providers.anthropic_api import NO_LOGPROBS
-
-        return NO_LOGPROBS.format(model=target.model)
-    return None
+    return target.adapter.no_logprobs_refusal(target.model)
 
 
 # -- the whole preflight -------------------------------------------------------------------
@@ -484,22 +432,17 @@ def static_plan(target, requested: list[str], chat_mode: str, reference_only: bo
                 for_audit: bool = True) -> tuple[list[str], list[str], str]:
     """Before any call: (framings to run, warnings, chat mode). Raises when the target can
     never work (a reasoning model; for an audit, no logprobs without --reference-only)."""
-    from providers.openai_api import refuse_reasoning
     from providers.registry import declared_capabilities
 
-    if target.family == "openai":
-        refuse_reasoning(target.model)
+    target.adapter.refuse_model(target.model)
     if for_audit and not reference_only and (msg := reference_only_refusal(target)):
         raise EndpointError(msg + " Nothing was sent.")
     bad = [f for f in requested if f not in ALL_FRAMINGS]
     if bad:
         raise ConfigError(f"Unknown framing {', '.join(bad)}; choose from "
                           f"{', '.join(ALL_FRAMINGS)}.")
-    if target.family == "anthropic":
-        chat_mode = "prefill"  # the Messages API is the only way in: server-side prefill
     caps = declared_capabilities(target)
-    if target.family == "openai-compatible" and not caps.raw_completion:
-        chat_mode = "prefill"
+    chat_mode = target.adapter.chat_mode(caps, chat_mode)
     planned, warnings = plan_framings(requested, possible_framings(target, caps, chat_mode))
     if reference_only:
         warnings.append(REFERENCE_ONLY_WARNING)
@@ -514,7 +457,7 @@ REFERENCE_ONLY_WARNING = (
 
 
 def uses_server_prefill(target, planned: list[str], chat_mode: str) -> bool:
-    return "chat" in planned and (target.family == "anthropic" or chat_mode == "prefill")
+    return "chat" in planned and target.adapter.server_prefill(chat_mode)
 
 
 async def run_preflight(target, client, api_key: str | None, *, planned: list[str],
@@ -528,40 +471,41 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
     (provider, report); ``report.refusal`` is set when the run must not go on (``audit``
     raises it, ``probe`` prints it and exits 3)."""
     from providers.base import RequestOptions
-    from providers.openai_compatible import discover
     from providers.registry import make_provider
 
+    adapter = target.adapter
+    no_logprobs = adapter.logprobs_absent is not None   # by design, whatever the model
     report = ProbeReport(target=target.to_json(), declared={}, planned_framings=planned,
                          warnings=list(warnings),
                          mode="reference-only (degraded)" if reference_only
                          else "perplexity-difference (impossible: no target log-probabilities)"
-                         if target.family == "anthropic" else "perplexity-difference")
+                         if no_logprobs else "perplexity-difference")
     flavour = target.flavour
-    if target.family == "openai-compatible":
+    try:  # the endpoint's model list, where the adapter has a call for one
+        listing = await adapter.discover(client, target.model)
+    except EndpointError as e:
+        if offline and "does not serve model" in e.message:
+            # answered from fixtures: they were recorded against another model
+            raise FixtureError(
+                f"The fixtures were recorded against another model than {target.model!r} "
+                f"({e.message.split(';', 1)[-1].strip()}). Replay with the recording's "
+                "--model, or record again.") from None
+        raise
+    if listing is not None:
         report.calls += 1
-        try:
-            found, models = await discover(client, target.model)
-        except EndpointError as e:
-            if offline and "does not serve model" in e.message:
-                # answered from fixtures: they were recorded against another model
-                raise FixtureError(
-                    f"The fixtures were recorded against another model than {target.model!r} "
-                    f"({e.message.split(';', 1)[-1].strip()}). Replay with the recording's "
-                    "--model, or record again.") from None
-            raise
+        found, listed = listing
         if flavour in ("", "auto"):
             flavour = found
         report.target["flavour"] = flavour
-        report.confirmed["model_listed"] = ("yes" if target.model in models else
-                                            "no /models list" if not models else "alias")
+        report.confirmed["model_listed"] = listed
     provider = make_provider(target, client, api_key, flavour=flavour, chat_mode=chat_mode,
                              options=RequestOptions(reference_only=reference_only,
                                                     ask_token_ids=token_ids))
     caps = provider.capabilities
     report.declared = caps.to_json()
     report.framings = possible_framings(target, caps, chat_mode)
-    if target.family == "anthropic":
-        report.confirmed["logprobs"] = "NO: the Messages API has none"
+    if no_logprobs:
+        report.confirmed["logprobs"] = f"NO: {adapter.logprobs_absent}"
     if chat_mode == "prefill" and "chat" in planned and not caps.assistant_prefill:
         report.refusal = (
             f"--chat-mode prefill needs a server that continues a trailing assistant message, "
@@ -576,12 +520,11 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
     already = sample.framing == "chat" and sample.messages is not None
     if uses_server_prefill(target, planned, chat_mode) and not already:
         prefill_sample = probe_request("chat", sample.top_logprobs)
-    if target.family == "anthropic" and not reference_only and for_audit:
+    if no_logprobs and not reference_only and for_audit:
         report.refusal = reference_only_refusal(target)
         return provider, report
-    await confirm(provider, report, sample, prefill_sample,
-                  reference_only or target.family == "anthropic")
-    if target.family == "anthropic" and not reference_only:
+    await confirm(provider, report, sample, prefill_sample, reference_only or no_logprobs)
+    if no_logprobs and not reference_only:
         report.refusal = report.refusal or reference_only_refusal(target)
     report.estimate = estimate(target, planned, rows_per_framing, max_tokens, prices, offline)
     return provider, report
@@ -613,7 +556,7 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
     from .credentials import read_key, request_headers
     from .plan import PriceTable
     from .redact import Redactor
-    from .transport import FixtureStore, build_client
+    from .transport import FixtureStore, RetryPolicy, build_client
 
     target = parse_target(target_arg, base_url=base_url, model=model,
                           api_key_env=api_key_env, flavour=flavour)
@@ -644,7 +587,9 @@ def probe_target(target_arg: str | None, *, base_url: str | None = None,
 
     async def go() -> ProbeReport:
         async with build_client(target.base_url or "http://replay.invalid/v1", mode=mode,
-                                store=store, headers=headers, timeout=timeout) as client:
+                                store=store, headers=headers, timeout=timeout,
+                                retry=RetryPolicy().hinted(target.adapter.retry_hints),
+                                usage=target.adapter.usage) as client:
             _, report = await run_preflight(
                 target, client, key, planned=planned, warnings=warnings, chat_mode=chat_mode,
                 reference_only=reference_only, top_logprobs=top_logprobs, sample=None,

@@ -36,7 +36,7 @@ from .rank import RankedRow
 from .redact import Redactor
 from .rundir import RunDir, write_atomic
 from .themes import Theme
-from .transport import FixtureStore, TransportStats, build_client
+from .transport import FixtureStore, RetryPolicy, TransportStats, build_client
 
 SYSTEM = """\
 You audit a finetuned language model. It was asked to continue short document openings \
@@ -71,8 +71,9 @@ class Judge:
     def parse(cls, spec: str, base_url: str | None = None,
               api_key_env: str | None = None) -> Judge:
         kind, sep, model = spec.partition(":")
-        defaults = {"openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-                    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY")}
+        from providers.registry import judge_kinds  # each adapter's URL and key variable
+
+        defaults = {k: (d.base_url, d.key_env) for k, d in judge_kinds().items()}
         if not sep or not model or kind not in defaults:
             raise ConfigError(f"Cannot read judge {spec!r}: expected openai:MODEL or "
                               "anthropic:MODEL (e.g. openai:gpt-4.1-mini, "
@@ -157,46 +158,27 @@ def build_request(judge: Judge, system: str, user: str, max_tokens: int) -> dict
 # -- the call ------------------------------------------------------------------------------
 async def ask(judge: Judge, body: dict[str, Any], key: str | None, mode: str,
               store: FixtureStore, timeout: float, stats: TransportStats) -> dict[str, Any]:
-    """One judge call through the SDK over our client; the answer's JSON payload."""
-    from providers.openai_api import _unwrap
-    from providers.sdk_bridge import as_httpx_response, sdk_client
+    """One judge call through its adapter's chat API (the official SDK over our client);
+    the answer's JSON payload."""
+    from providers.base import error_detail
+    from providers.registry import adapter_of
 
+    adapter = adapter_of(judge.kind)
     async with build_client(judge.base_url, mode=mode, store=store, timeout=timeout,
-                            stats=stats) as client:
-        if judge.kind == "openai":
-            import openai as sdk
-            from openai import _base_client
-
-            c = sdk_client(sdk.AsyncOpenAI, _base_client, client, key, judge.base_url)
-            create = c.chat.completions.with_raw_response.create
-        else:
-            import anthropic as sdk
-            from anthropic import _base_client
-
-            c = sdk_client(sdk.AsyncAnthropic, _base_client, client, key, judge.base_url)
-            create = c.messages.with_raw_response.create
-        try:
-            raw = await create(**body)
-            response = as_httpx_response(raw.http_response)
-        except sdk.APIStatusError as e:
-            response = as_httpx_response(e.response)
-        except sdk.APIConnectionError as e:
-            raise _unwrap(e) from e
+                            stats=stats, retry=RetryPolicy().hinted(adapter.retry_hints),
+                            usage=adapter.usage) as client:
+        response = await adapter.api(client, key, judge.base_url).chat(body)
     if response.status_code >= 400:
-        from providers.base import _error_detail
-
         raise EndpointError(f"The judge {judge.kind}:{judge.model} answered HTTP "
-                            f"{response.status_code}: {_error_detail(response)}. Nothing was "
+                            f"{response.status_code}: {error_detail(response)}. Nothing was "
                             "written.")
     return response.json()
 
 
 def answer_text(judge: Judge, payload: dict[str, Any]) -> str:
-    if judge.kind == "openai":
-        choices = payload.get("choices") or [{}]
-        return ((choices[0] or {}).get("message") or {}).get("content") or ""
-    return "".join(b.get("text", "") for b in payload.get("content") or []
-                   if isinstance(b, dict) and b.get("type") == "text")
+    from providers.registry import adapter_of
+
+    return adapter_of(judge.kind).api.text(payload)
 
 
 def parse_answer(text: str, sent_ids: set[str]) -> tuple[list[dict[str, Any]], list[str],

@@ -25,21 +25,32 @@ import httpx
 
 from blackbox_audit.errors import EndpointError
 from blackbox_audit.records import Completion, GenerationRequest
+from blackbox_audit.transport import RetryHints
 
 from .base import (
     DEFAULT_OPTIONS,
+    PAPER_FALLBACK,
     Capabilities,
+    Kind,
     Provider,
     RequestOptions,
     WireRequest,
     completion_from_columns,
+    error_detail,
 )
-from .openai_api import _unwrap
 from .protocol import MalformedAnswer
-from .sdk_bridge import as_httpx_response, sdk_client, split_params
+from .sdk_bridge import sdk_client, sdk_send
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_KEY_ENV = "ANTHROPIC_API_KEY"
+
+# USD per million tokens (input, output), list prices as of 2025 (preflight.price_for).
+PRICES: dict[str, tuple[float, float]] = {
+    "claude-3-haiku": (0.25, 1.25), "claude-3-5-haiku": (0.80, 4.00),
+    "claude-haiku-4-5": (1.00, 5.00), "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-7-sonnet": (3.00, 15.00), "claude-sonnet-4": (3.00, 15.00),
+    "claude-opus-4": (15.00, 75.00),
+}
 
 CAPABILITIES = Capabilities(logprobs=False, top_logprobs=0, raw_completion=False,
                             assistant_prefill=True, echo=False, token_ids=False)
@@ -63,20 +74,87 @@ def prefill_refused(status: int, detail: str) -> bool:
                               or "must end with a user message" in d)
 
 
+class AnthropicAPI:
+    """The official ``anthropic`` SDK over our httpx client (its retries off): what the
+    adapter and the judge (blackbox_audit.summarize) send through."""
+
+    def __init__(self, client: httpx.AsyncClient, api_key: str | None,
+                 base_url: str = DEFAULT_BASE_URL):
+        import anthropic
+
+        self.anthropic = anthropic
+        self.sdk = sdk_client(anthropic.AsyncAnthropic, anthropic, client, api_key, base_url)
+
+    async def send(self, wire: WireRequest) -> httpx.Response:
+        """POST ``wire.body`` to /v1/messages through the SDK; the raw HTTP answer, errors
+        included."""
+        return await sdk_send(self.anthropic, self.sdk.messages, wire.body)
+
+    async def chat(self, body: dict[str, Any]) -> httpx.Response:
+        return await self.send(WireRequest("POST", "/v1/messages", body))
+
+    @staticmethod
+    def text(payload: dict[str, Any]) -> str:
+        """The text of a Messages answer (its text blocks, joined)."""
+        return "".join(b.get("text", "") for b in payload.get("content") or []
+                       if isinstance(b, dict) and b.get("type") == "text")
+
+
+def anthropic_usage(payload: Any) -> tuple[Any, Any] | None:
+    """(input, output) tokens of a Messages answer's ``usage``; None without one."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    return usage.get("input_tokens"), usage.get("output_tokens")
+
+
 class AnthropicProvider(Provider):
     """Claude models on the Messages API; generation only (no logprobs)."""
 
-    kind = "anthropic"
+    family = "anthropic"
+    kinds = {"anthropic": Kind(DEFAULT_BASE_URL, DEFAULT_KEY_ENV)}
+    uses_sdk = True
+    # 529 "overloaded_error": try again later, and send less meanwhile.
+    retry_hints = RetryHints(statuses=frozenset({529}), overload=frozenset({529}),
+                             wait_ms_header="retry-after-ms")
+    prices = PRICES
+    logprobs_absent = "the Messages API has none"
+    usage = staticmethod(anthropic_usage)
+    api = AnthropicAPI
+
+    @classmethod
+    def declared(cls, model: str, flavour: str = "") -> Capabilities:
+        return Capabilities(**CAPABILITIES.to_json())
+
+    @classmethod
+    def framings(cls, caps: Capabilities, chat_mode: str) -> dict[str, str]:
+        return {"raw": "no: the Messages API has no raw text completion",
+                "chat": ("ok: assistant prefill on the Messages API (some Claude models "
+                         "refuse it: HTTP 400)"),
+                "chat-continue": PAPER_FALLBACK}
+
+    @classmethod
+    def chat_mode(cls, caps: Capabilities, asked: str) -> str:
+        return "prefill"  # the Messages API is the only way in: server-side prefill
+
+    @classmethod
+    def server_prefill(cls, chat_mode: str) -> bool:
+        return True
+
+    @classmethod
+    def no_logprobs_refusal(cls, model: str) -> str | None:
+        return NO_LOGPROBS.format(model=model)
+
+    @classmethod
+    def create(cls, client: httpx.AsyncClient, model: str, api_key: str | None, *,
+               base_url: str | None, flavour: str, chat_mode: str,
+               options: RequestOptions) -> Provider:
+        return cls(client, model, api_key, base_url or DEFAULT_BASE_URL, options)
 
     def __init__(self, client: httpx.AsyncClient, model: str, api_key: str | None = None,
                  base_url: str = DEFAULT_BASE_URL, options: RequestOptions = DEFAULT_OPTIONS):
-        super().__init__(client, model, Capabilities(**CAPABILITIES.to_json()), options)
-        import anthropic
-        from anthropic import _base_client
-
-        self.sdk = sdk_client(anthropic.AsyncAnthropic, _base_client, client, api_key,
-                              base_url)
-        self._anthropic = anthropic
+        super().__init__(client, model, self.declared(model), options)
+        self.sdk = AnthropicAPI(client, api_key, base_url)
 
     def build(self, req: GenerationRequest) -> WireRequest:
         if req.messages is None:
@@ -95,21 +173,10 @@ class AnthropicProvider(Provider):
         return WireRequest("POST", "/v1/messages", body)
 
     async def send(self, wire: WireRequest) -> httpx.Response:
-        anthropic = self._anthropic
-        try:
-            typed, extra = split_params(self.sdk.messages.create, wire.body)
-            raw = await self.sdk.messages.with_raw_response.create(
-                **typed, **({"extra_body": extra} if extra else {}))
-        except anthropic.APIStatusError as e:
-            return as_httpx_response(e.response)
-        except anthropic.APIConnectionError as e:
-            raise _unwrap(e) from e
-        return as_httpx_response(raw.http_response)
+        return await self.sdk.send(wire)
 
     def raise_for_status(self, response: httpx.Response) -> None:
-        from .base import _error_detail
-
-        detail = _error_detail(response)
+        detail = error_detail(response)
         if prefill_refused(response.status_code, detail):
             raise EndpointError(
                 f"Anthropic model {self.model!r} refuses assistant prefill (HTTP 400: {detail}), "

@@ -5,6 +5,13 @@ small pure functions, :meth:`Provider.build` and :meth:`Provider.parse`. The loo
 requests, maps HTTP failures to errors a user can act on, and applies the quality checks is
 shared here, so adapters stay short (the shape of inspect_ai's ModelAPI and lm-eval's
 TemplateAPI). Providers know nothing of the reference model.
+
+Everything else known about a provider is its adapter's too, as class-level members that
+need no instance (the preflight asks them before any call; nothing outside ``providers/``
+branches on a provider's name): its ``kinds`` (``KIND:MODEL`` names with their default base
+URL and key variable), ``declared`` capabilities, the ``framings`` it allows and the chat mode
+it needs, models it refuses, how to read ``usage`` from an answer, its ``retry_hints``, its
+list ``prices``, a model-list ``discover`` call. The registry only lists the adapter classes.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -20,7 +27,7 @@ from blackbox_audit.errors import EndpointError
 from blackbox_audit.quality import assess, placeholders, withhold_secrets
 from blackbox_audit.records import Completion, GenerationRequest
 from blackbox_audit.redact import Redactor
-from blackbox_audit.transport import JSON_EXTENSION, OversizedBody
+from blackbox_audit.transport import JSON_EXTENSION, OversizedBody, RetryHints
 
 from .protocol import MalformedAnswer, PromptEcho, TokenColumns
 
@@ -71,9 +78,95 @@ class RequestFailed(Exception):
     """This one request got no usable answer (after retries); the run goes on."""
 
 
-class Provider(ABC):
-    kind: str = "provider"
+@dataclass(frozen=True)
+class Kind:
+    """One ``KIND`` of ``KIND:MODEL``: where its endpoint is unless --base-url says otherwise,
+    which environment variable holds its key, and (adapters with server flavours) its
+    flavour."""
 
+    base_url: str | None
+    key_env: str | None
+    flavour: str = ""
+
+
+PAPER_FALLBACK = "fallback: the prefill in the user turn (not the paper's framing)"
+
+
+class Provider(ABC):
+    # -- what the adapter knows before any call (class level: no instance, no I/O) --------
+    family: ClassVar[str] = "provider"      # the adapter's name (manifest "adapter")
+    kinds: ClassVar[dict[str, Kind]] = {}   # its KIND:MODEL names
+    flavours: ClassVar[tuple[str, ...]] = ()  # server flavours (--flavour), if it has any
+    uses_sdk: ClassVar[bool] = False        # an official SDK sends (and sets its own auth)
+    retry_hints: ClassVar[RetryHints] = RetryHints()
+    prices: ClassVar[dict[str, tuple[float, float]]] = {}  # USD per M tokens (in, out)
+    logprobs_absent: ClassVar[str | None] = None  # why the API returns none, if it never does
+    # A chat API a judge can ask (blackbox_audit.summarize): a class built on (client, key,
+    # base_url) with ``async chat(body) -> httpx.Response`` and ``text(payload) -> str``.
+    api: ClassVar[Any] = None
+
+    @classmethod
+    @abstractmethod
+    def declared(cls, model: str, flavour: str = "") -> Capabilities:
+        """What this adapter declares for ``model`` before any call (``flavour``: the
+        server flavour, where the adapter has flavours)."""
+
+    @classmethod
+    @abstractmethod
+    def framings(cls, caps: Capabilities, chat_mode: str) -> dict[str, str]:
+        """Each framing -> why it is possible ("ok: ...", "fallback: ...") or not
+        ("no: ...") with these capabilities."""
+
+    @classmethod
+    def chat_mode(cls, caps: Capabilities, asked: str) -> str:
+        """The chat mode a run uses when ``asked`` for one (template | prefill)."""
+        return asked
+
+    @classmethod
+    def server_prefill(cls, chat_mode: str) -> bool:
+        """Does the chat framing put the prefill in a trailing assistant message?"""
+        return chat_mode == "prefill"
+
+    @classmethod
+    def refuse_model(cls, model: str) -> None:
+        """Raise EndpointError for a model this API can never audit (before any call)."""
+        return None
+
+    @classmethod
+    def no_logprobs_refusal(cls, model: str) -> str | None:
+        """Why an audit of ``model`` needs --reference-only, when the API has no logprobs."""
+        return None
+
+    @classmethod
+    def tokenizer_model(cls, model: str) -> str | None:
+        """The model name tiktoken knows this model's encoding by, if it knows it."""
+        return None
+
+    @classmethod
+    async def discover(cls, client: httpx.AsyncClient, model: str) -> tuple[str, str] | None:
+        """One call that lists the endpoint's models, where the API has one: (the server
+        flavour it shows, whether ``model`` is listed, in words). None: no such call."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def create(cls, client: httpx.AsyncClient, model: str, api_key: str | None, *,
+               base_url: str | None, flavour: str, chat_mode: str,
+               options: RequestOptions) -> Provider:
+        """The adapter for ``model`` on ``client``, asking as ``options`` say."""
+
+    @staticmethod
+    def usage(payload: Any) -> tuple[Any, Any] | None:
+        """An answer's (prompt, completion) tokens as the API reports them; None when it
+        reports none (the transport counts them: transport.UsageReader)."""
+        return None
+
+    @property
+    def missing_logprobs_note(self) -> str:
+        """What to add when an answer came without logprobs although they were asked for."""
+        return ""
+
+    # -- one adapter object: a model on a client -------------------------------------------
     def __init__(self, client: httpx.AsyncClient, model: str, capabilities: Capabilities,
                  options: RequestOptions = DEFAULT_OPTIONS):
         self.client = client
@@ -160,7 +253,7 @@ class Provider(ABC):
     def raise_for_status(self, response: httpx.Response) -> None:
         """Fatal statuses stop the run with a clear message; others fail this one row."""
         status = response.status_code
-        detail = _error_detail(response)
+        detail = error_detail(response)
         url = f"{self.client.base_url}"
         if status in (401, 403):
             raise EndpointError(
@@ -179,7 +272,8 @@ class Provider(ABC):
         raise RequestFailed(f"HTTP {status}: {detail}")
 
 
-def _error_detail(response: httpx.Response) -> str:
+def error_detail(response: httpx.Response) -> str:
+    """What an error answer says, in a few words (its ``error.message`` where it has one)."""
     try:
         body = response.json()
     except ValueError:

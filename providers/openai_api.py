@@ -27,23 +27,39 @@ from typing import Any
 
 import httpx
 
-from blackbox_audit.errors import AuditError, EndpointError
+from blackbox_audit.errors import EndpointError
 from blackbox_audit.records import Completion, GenerationRequest
+from blackbox_audit.transport import RetryHints
 
 from .base import (
     DEFAULT_OPTIONS,
+    PAPER_FALLBACK,
     Capabilities,
+    Kind,
     Provider,
     RequestOptions,
     WireRequest,
     completion_from_columns,
     first_choice,
 )
-from .protocol import choice_text, token_columns
-from .sdk_bridge import as_httpx_response, sdk_client, split_params
+from .protocol import choice_text, openai_usage, token_columns
+from .sdk_bridge import sdk_client, sdk_send
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+
+# USD per million tokens (input, output), list prices as of 2025; "ft:" keys are the prices
+# of finetuned models of that base (preflight.price_for). Estimates only: --pricing FILE.
+PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-nano": (0.10, 0.40), "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1": (2.00, 8.00),
+    "gpt-3.5-turbo-instruct": (1.50, 2.00), "gpt-3.5-turbo": (0.50, 1.50),
+    "davinci-002": (2.00, 2.00), "babbage-002": (0.40, 0.40),
+    "ft:gpt-4o-mini": (0.30, 1.20), "ft:gpt-4o": (3.75, 15.00),
+    "ft:gpt-4.1-nano": (0.20, 0.80), "ft:gpt-4.1-mini": (0.80, 3.20), "ft:gpt-4.1": (3.00, 12.00),
+    "ft:gpt-3.5-turbo": (3.00, 6.00), "ft:davinci-002": (12.00, 12.00),
+    "ft:babbage-002": (1.60, 1.60),
+}
 
 # Models served on the legacy /v1/completions endpoint (and their "ft:" finetunes).
 LEGACY_COMPLETION_MODELS = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
@@ -82,22 +98,80 @@ def refuse_reasoning(model: str) -> None:
             "completions endpoint. Nothing was sent.")
 
 
+class OpenAIAPI:
+    """The official ``openai`` SDK over our httpx client (its retries off): what the adapter
+    and the judge (blackbox_audit.summarize) send through."""
+
+    def __init__(self, client: httpx.AsyncClient, api_key: str | None,
+                 base_url: str = DEFAULT_BASE_URL):
+        import openai
+
+        self.openai = openai
+        self.sdk = sdk_client(openai.AsyncOpenAI, openai, client, api_key, base_url)
+
+    async def send(self, wire: WireRequest) -> httpx.Response:
+        """POST ``wire.body`` to /completions or /chat/completions through the SDK; the raw
+        HTTP answer, errors included."""
+        resource = self.sdk.completions if wire.path == "/completions" \
+            else self.sdk.chat.completions
+        return await sdk_send(self.openai, resource, wire.body)
+
+    async def chat(self, body: dict[str, Any]) -> httpx.Response:
+        return await self.send(WireRequest("POST", "/chat/completions", body))
+
+    @staticmethod
+    def text(payload: dict[str, Any]) -> str:
+        """The text of a Chat Completions answer (its first choice's message)."""
+        choices = payload.get("choices") or [{}]
+        return ((choices[0] or {}).get("message") or {}).get("content") or ""
+
+
 class OpenAIProvider(Provider):
     """OpenAI's Chat Completions or legacy Completions endpoint, by model."""
 
-    kind = "openai"
+    family = "openai"
+    kinds = {"openai": Kind(DEFAULT_BASE_URL, DEFAULT_KEY_ENV)}
+    uses_sdk = True
+    retry_hints = RetryHints(wait_ms_header="retry-after-ms")
+    prices = PRICES
+    usage = staticmethod(openai_usage)
+    api = OpenAIAPI
+
+    @classmethod
+    def declared(cls, model: str, flavour: str = "") -> Capabilities:
+        return LEGACY_CAPABILITIES if is_legacy_completion_model(model) else CHAT_CAPABILITIES
+
+    @classmethod
+    def framings(cls, caps: Capabilities, chat_mode: str) -> dict[str, str]:
+        if caps.raw_completion:
+            return {"raw": "ok: legacy /completions continues the text",
+                    "chat": ("no: a completions model has no chat template and Chat "
+                             "Completions cannot prefill the assistant turn"),
+                    "chat-continue": "no: a completions model takes no messages"}
+        return {"raw": "no: Chat Completions takes messages only",
+                "chat": "no: Chat Completions cannot prefill the assistant turn",
+                "chat-continue": PAPER_FALLBACK}
+
+    @classmethod
+    def refuse_model(cls, model: str) -> None:
+        refuse_reasoning(model)
+
+    @classmethod
+    def tokenizer_model(cls, model: str) -> str | None:
+        return base_model(model)
+
+    @classmethod
+    def create(cls, client: httpx.AsyncClient, model: str, api_key: str | None, *,
+               base_url: str | None, flavour: str, chat_mode: str,
+               options: RequestOptions) -> Provider:
+        return cls(client, model, api_key, base_url or DEFAULT_BASE_URL, options)
 
     def __init__(self, client: httpx.AsyncClient, model: str, api_key: str | None = None,
                  base_url: str = DEFAULT_BASE_URL, options: RequestOptions = DEFAULT_OPTIONS):
         refuse_reasoning(model)
         self.legacy = is_legacy_completion_model(model)
-        super().__init__(client, model, LEGACY_CAPABILITIES if self.legacy
-                         else CHAT_CAPABILITIES, options)
-        import openai
-        from openai import _base_client
-
-        self.sdk = sdk_client(openai.AsyncOpenAI, _base_client, client, api_key, base_url)
-        self._openai = openai
+        super().__init__(client, model, self.declared(model), options)
+        self.sdk = OpenAIAPI(client, api_key, base_url)
 
     def build(self, req: GenerationRequest) -> WireRequest:
         """The SDK's create() parameters (which are also the JSON body it sends)."""
@@ -122,18 +196,7 @@ class OpenAIProvider(Provider):
 
     async def send(self, wire: WireRequest) -> httpx.Response:
         """Call the SDK; hand back the raw HTTP answer (errors included) for shared handling."""
-        openai = self._openai
-        resource = self.sdk.completions if wire.path == "/completions" \
-            else self.sdk.chat.completions
-        typed, extra = split_params(resource.create, wire.body)
-        try:
-            raw = await resource.with_raw_response.create(
-                **typed, **({"extra_body": extra} if extra else {}))
-        except openai.APIStatusError as e:
-            return as_httpx_response(e.response)
-        except openai.APIConnectionError as e:
-            raise _unwrap(e) from e
-        return as_httpx_response(raw.http_response)
+        return await self.sdk.send(wire)
 
     def parse(self, req: GenerationRequest, payload: dict[str, Any]) -> Completion:
         choice = first_choice(payload, "OpenAI")
@@ -144,14 +207,3 @@ class OpenAIProvider(Provider):
                                        finish_reason=choice.get("finish_reason"),
                                        prompt_tokens=usage.get("prompt_tokens"),
                                        model=payload.get("model"))
-
-
-def _unwrap(e: Exception) -> Exception:
-    """The SDK wraps whatever our transport raised in APIConnectionError: give back our own
-    error (a replay miss must stay a FixtureError) or the httpx error the loop maps."""
-    cause = e.__cause__ or e.__context__
-    while cause is not None and not isinstance(cause, AuditError | httpx.TransportError):
-        cause = cause.__cause__ or cause.__context__
-    if cause is not None:
-        return cause
-    return httpx.ConnectError(str(e))

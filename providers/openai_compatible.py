@@ -36,10 +36,13 @@ import httpx
 
 from blackbox_audit.errors import EndpointError
 from blackbox_audit.records import GenerationRequest
+from blackbox_audit.transport import RetryHints
 
 from .base import (
     DEFAULT_OPTIONS,
+    PAPER_FALLBACK,
     Capabilities,
+    Kind,
     Provider,
     RequestOptions,
     WireRequest,
@@ -47,7 +50,27 @@ from .base import (
     completion_from_columns,
     first_choice,
 )
-from .protocol import TokenColumns, choice_text, prompt_echo, split_echo, token_columns
+from .protocol import (
+    TokenColumns,
+    choice_text,
+    openai_usage,
+    prompt_echo,
+    split_echo,
+    token_columns,
+)
+
+# KIND:MODEL names served by this adapter: named services (their documented base URL and key
+# variable) and servers found by --base-url (no default address).
+KINDS = {
+    "together": Kind("https://api.together.xyz/v1", "TOGETHER_API_KEY", "together"),
+    "fireworks": Kind("https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
+                      "fireworks"),
+    "openrouter": Kind("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "openrouter"),
+    "deepseek": Kind("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", "deepseek"),
+    "vllm": Kind(None, None, "vllm"),
+    "llama.cpp": Kind(None, None, "llama.cpp"),
+    "compatible": Kind(None, None, "auto"),   # --base-url URL --model M, flavour from /models
+}
 
 # Greedy means greedy: each flavour's own names for "no repetition penalty, no truncation".
 GREEDY_EXTRAS: dict[str, dict[str, Any]] = {
@@ -79,7 +102,62 @@ _OWNERS = {"llamacpp": "llama.cpp", "vllm": "vllm", "me": "llama-cpp-python"}
 
 
 class OpenAICompatibleProvider(Provider):
-    kind = "openai-compatible"
+    family = "openai-compatible"
+    kinds = KINDS
+    flavours = (*GREEDY_EXTRAS, "auto")
+    # OpenAI's wait header: servers and proxies that speak its wire format copy it.
+    retry_hints = RetryHints(wait_ms_header="retry-after-ms")
+    prices = {"deepseek-chat": (0.27, 1.10)}
+    usage = staticmethod(openai_usage)
+
+    @classmethod
+    def declared(cls, model: str, flavour: str = "") -> Capabilities:
+        """A flavour's declaration ("auto" resolves only after GET /models: the generic
+        declaration stands in until then)."""
+        return FLAVOUR_CAPABILITIES.get(flavour, FLAVOUR_CAPABILITIES["generic"])
+
+    @classmethod
+    def chat_mode(cls, caps: Capabilities, asked: str) -> str:
+        # no raw text completion: the chat framing can only be a server-side prefill
+        return asked if caps.raw_completion else "prefill"
+
+    @classmethod
+    def framings(cls, caps: Capabilities, chat_mode: str) -> dict[str, str]:
+        out = {"raw": "ok: /completions" if caps.raw_completion
+               else "no: no raw text completion on this base URL"}
+        if caps.raw_completion and chat_mode == "template":
+            out["chat"] = "ok: chat template rendered client-side, continued on /completions"
+        elif caps.assistant_prefill:
+            out["chat"] = "ok: trailing assistant message continued by the server"
+        elif chat_mode == "prefill" and caps.raw_completion:
+            # asked for server-side prefill: kept, and refused after discovery if the server
+            # is not known to honour it (--chat-mode template is then the advice)
+            out["chat"] = "only if the server continues a trailing assistant message"
+        else:
+            out["chat"] = ("no: the server is not known to continue a trailing assistant "
+                           "message" + ("" if caps.raw_completion else
+                                        " and has no raw completion"))
+        out["chat-continue"] = PAPER_FALLBACK
+        return out
+
+    @classmethod
+    async def discover(cls, client: httpx.AsyncClient, model: str) -> tuple[str, str]:
+        found, models = await discover(client, model)
+        return found, ("yes" if model in models else "no /models list" if not models
+                       else "alias")
+
+    @classmethod
+    def create(cls, client: httpx.AsyncClient, model: str, api_key: str | None, *,
+               base_url: str | None, flavour: str, chat_mode: str,
+               options: RequestOptions) -> Provider:
+        # the key goes in the shared client's Authorization header (credentials.py)
+        return cls(client, model, flavour, chat_mode, options)
+
+    @property
+    def missing_logprobs_note(self) -> str:
+        if self.flavour == "openrouter":
+            return " (OpenRouter routes to upstream providers, some of which drop them)"
+        return ""
 
     def __init__(self, client: httpx.AsyncClient, model: str, flavour: str = "generic",
                  chat_mode: str = "template", options: RequestOptions = DEFAULT_OPTIONS):

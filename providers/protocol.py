@@ -62,6 +62,14 @@ class Usage(TypedDict, total=False):
     completion_tokens: int
 
 
+def openai_usage(payload: Any) -> tuple[Any, Any] | None:
+    """(prompt, completion) tokens of an OpenAI-style answer's ``usage``; None without one."""
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
 @dataclass
 class TokenColumns:
     """Per-token data of one choice, whatever shape it came in."""

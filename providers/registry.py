@@ -1,10 +1,12 @@
 """Targets: ``KIND:MODEL`` (or ``--base-url URL --model M``) to an adapter.
 
-One place knows every kind of endpoint the tool can talk to, its default base URL and API key
-variable, and builds its adapter; the rest of the code holds a :class:`Target`. Named services
-that speak the OpenAI wire format (Together, Fireworks, OpenRouter, DeepSeek) are the
-OpenAI-compatible adapter with that service's flavour (its quirks and declared capabilities,
-:mod:`providers.openai_compatible`).
+The one table here is :data:`ADAPTERS`, the adapter classes; everything else is read from
+them: each adapter names its kinds with their default base URL and key variable
+(``Provider.kinds``), declares its capabilities and builds itself (``Provider.create``). Named
+services that speak the OpenAI wire format (Together, Fireworks, OpenRouter, DeepSeek) are
+kinds of the OpenAI-compatible adapter, each with its flavour (its quirks and declared
+capabilities, :mod:`providers.openai_compatible`). A new provider is one adapter module and
+one entry in :data:`ADAPTERS`.
 """
 
 from __future__ import annotations
@@ -17,24 +19,17 @@ import httpx
 from blackbox_audit.credentials import split_url
 from blackbox_audit.errors import ConfigError
 
-from .base import DEFAULT_OPTIONS, Capabilities, Provider, RequestOptions
+from .anthropic_api import AnthropicProvider
+from .base import DEFAULT_OPTIONS, Capabilities, Kind, Provider, RequestOptions
+from .openai_api import OpenAIProvider
+from .openai_compatible import OpenAICompatibleProvider
 
-# kind -> (default base URL, API key variable, adapter family, flavour)
-KINDS: dict[str, tuple[str | None, str | None, str, str]] = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY", "openai", ""),
-    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "anthropic", ""),
-    "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY", "openai-compatible",
-                 "together"),
-    "fireworks": ("https://api.fireworks.ai/inference/v1", "FIREWORKS_API_KEY",
-                  "openai-compatible", "fireworks"),
-    "openrouter": ("https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", "openai-compatible",
-                   "openrouter"),
-    "deepseek": ("https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", "openai-compatible",
-                 "deepseek"),
-    "vllm": (None, None, "openai-compatible", "vllm"),
-    "llama.cpp": (None, None, "openai-compatible", "llama.cpp"),
-    "compatible": (None, None, "openai-compatible", "auto"),
-}
+ADAPTERS: tuple[type[Provider], ...] = (OpenAIProvider, AnthropicProvider,
+                                        OpenAICompatibleProvider)
+FAMILIES: dict[str, type[Provider]] = {a.family: a for a in ADAPTERS}
+KINDS: dict[str, tuple[type[Provider], Kind]] = {
+    name: (a, kind) for a in ADAPTERS for name, kind in a.kinds.items()}
+BY_URL = "compatible"   # the kind of a target given as --base-url URL --model M
 
 TARGET_HELP = ("KIND:MODEL with KIND one of " + ", ".join(KINDS) + " (e.g. openai:gpt-4o-mini, "
                "anthropic:claude-3-5-haiku-latest), or leave it out and pass --base-url URL "
@@ -44,11 +39,11 @@ TARGET_HELP = ("KIND:MODEL with KIND one of " + ", ".join(KINDS) + " (e.g. opena
 @dataclass(frozen=True)
 class Target:
     kind: str                 # a key of KINDS
-    family: str               # openai | anthropic | openai-compatible
+    family: str               # the adapter's: openai | anthropic | openai-compatible
     model: str
     base_url: str | None
     api_key_env: str | None
-    flavour: str              # openai-compatible flavour ("auto": ask GET /models); "" else
+    flavour: str              # server flavour ("auto": ask the endpoint); "" without flavours
     # Credentials that came inside --base-url, as the header that carries them now (held in
     # memory only: never in to_json, never in a repr).
     url_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
@@ -59,9 +54,14 @@ class Target:
         return out
 
     @property
+    def adapter(self) -> type[Provider]:
+        """The adapter class: everything known about this kind of endpoint."""
+        return FAMILIES[self.family]
+
+    @property
     def uses_sdk(self) -> bool:
         """SDK adapters set their own auth headers; the shared client must not add one."""
-        return self.family in ("openai", "anthropic")
+        return self.adapter.uses_sdk
 
 
 def parse_target(target: str | None, *, base_url: str | None = None, model: str | None = None,
@@ -77,55 +77,51 @@ def parse_target(target: str | None, *, base_url: str | None = None, model: str 
             raise ConfigError(f"Cannot read target {target!r}: expected {TARGET_HELP}.")
         if model and model != name:
             raise ConfigError(f"Target {target!r} and --model {model!r} disagree; pass one.")
-        default_url, default_env, family, kind_flavour = KINDS[kind]
-        url = base_url or default_url
+        adapter, defaults = KINDS[kind]
+        url = base_url or defaults.base_url
         if url is None:
             raise ConfigError(f"Target kind {kind!r} has no default address: pass --base-url "
                               "(e.g. http://127.0.0.1:8000/v1).")
-        if family != "openai-compatible":
+        if not adapter.flavours:
             fl = ""
         elif flavour != "auto":
             fl = flavour                 # the user knows better than the kind's default
         else:
-            fl = kind_flavour
-        return Target(kind, family, name, url, api_key_env or default_env, fl, clean.headers)
+            fl = defaults.flavour
+        return Target(kind, adapter.family, name, url, api_key_env or defaults.key_env, fl,
+                      clean.headers)
     if not model:
         raise ConfigError(f"No target: pass {TARGET_HELP}.")
-    return Target("compatible", "openai-compatible", model, base_url, api_key_env, flavour,
-                  clean.headers)
+    adapter = KINDS[BY_URL][0]
+    return Target(BY_URL, adapter.family, model, base_url, api_key_env,
+                  flavour if adapter.flavours else "", clean.headers)
+
+
+def adapter_of(kind: str) -> type[Provider]:
+    """The adapter class of a ``KIND`` (a key of :data:`KINDS`)."""
+    return KINDS[kind][0]
+
+
+def judge_kinds() -> dict[str, Kind]:
+    """The kinds whose adapter offers a chat API a judge can ask (``Provider.api``)."""
+    return {name: kind for name, (a, kind) in KINDS.items() if a.api is not None}
+
+
+def builtin_prices() -> dict[str, tuple[float, float]]:
+    """Every adapter's list prices, USD per million tokens (input, output) by model name."""
+    return {name: price for a in ADAPTERS for name, price in a.prices.items()}
 
 
 def declared_capabilities(target: Target) -> Capabilities:
     """What the adapter declares for this target, before any call (flavour "auto" resolves
-    only after GET /models; its generic declaration stands in until then)."""
-    if target.family == "openai":
-        from .openai_api import CHAT_CAPABILITIES, LEGACY_CAPABILITIES, is_legacy_completion_model
-
-        return LEGACY_CAPABILITIES if is_legacy_completion_model(target.model) \
-            else CHAT_CAPABILITIES
-    if target.family == "anthropic":
-        from .anthropic_api import CAPABILITIES
-
-        return CAPABILITIES
-    from .openai_compatible import FLAVOUR_CAPABILITIES
-
-    return FLAVOUR_CAPABILITIES.get(target.flavour, FLAVOUR_CAPABILITIES["generic"])
+    only after the endpoint's model list; the adapter's generic declaration stands in)."""
+    return target.adapter.declared(target.model, target.flavour)
 
 
 def make_provider(target: Target, client: httpx.AsyncClient, api_key: str | None, *,
                   flavour: str | None = None, chat_mode: str = "template",
                   options: RequestOptions = DEFAULT_OPTIONS) -> Provider:
     """The adapter for ``target`` on ``client``, asking as ``options`` say (fixed here)."""
-    if target.family == "openai":
-        from .openai_api import OpenAIProvider
-
-        return OpenAIProvider(client, target.model, api_key, target.base_url or "", options)
-    if target.family == "anthropic":
-        from .anthropic_api import AnthropicProvider
-
-        return AnthropicProvider(client, target.model, api_key, target.base_url or "",
-                                 options)
-    from .openai_compatible import OpenAICompatibleProvider
-
-    return OpenAICompatibleProvider(client, target.model, flavour or target.flavour, chat_mode,
-                                    options)
+    return target.adapter.create(client, target.model, api_key, base_url=target.base_url,
+                                 flavour=flavour or target.flavour, chat_mode=chat_mode,
+                                 options=options)

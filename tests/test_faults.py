@@ -30,6 +30,8 @@ from blackbox_audit.transport import (
     build_client,
     retry_after_seconds,
 )
+from providers.anthropic_api import AnthropicProvider
+from providers.protocol import openai_usage
 
 # prompt -> faults of its 1st, 2nd, ... attempt; then a normal answer.
 PLAN: dict[str, list[str]] = {
@@ -135,7 +137,10 @@ def test_faulty_peer_loses_no_completion_and_stays_within_the_policys_bound(tmp_
 def test_retry_after_forms():
     h = httpx.Headers
     assert retry_after_seconds(h({"retry-after": "2"})) == 2.0
-    assert retry_after_seconds(h({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    # a wait in milliseconds, where the endpoint's adapter names its header (RetryHints)
+    ms = {"retry-after-ms": "250", "retry-after": "9"}
+    assert retry_after_seconds(h(ms), ms_header="retry-after-ms") == 0.25
+    assert retry_after_seconds(h(ms)) == 9.0                    # no hint: HTTP's own header
     now = 1_700_000_000.0
     date = email.utils.formatdate(now + 30, usegmt=True)
     assert retry_after_seconds(h({"retry-after": date}), now=now) == pytest.approx(30, abs=1)
@@ -172,7 +177,8 @@ def test_retry_after_is_honoured_and_capped():
 
     stats = TransportStats()
     client = build_client("http://h/v1", network=httpx.MockTransport(peer), stats=stats,
-                          retry=RetryPolicy(attempts=3, max_wait=0.2, attempt_timeout=5))
+                          retry=RetryPolicy(attempts=3, max_wait=0.2, attempt_timeout=5),
+                          usage=openai_usage)   # the adapter reads usage; the transport counts
     r = run(client.post("/x", json={}))
     assert r.status_code == 200 and stats.retried == 2
     assert calls[1] - calls[0] >= 0.2 - 0.01       # asked 0.3, capped at max_wait 0.2
@@ -313,7 +319,8 @@ def test_overload_statuses_back_off_and_empty_answers_are_retried_not_recorded(t
     store = FixtureStore(tmp_path / "ex.jsonl")
     client = build_client("http://h/v1", mode="record", store=store, feedback=lim,
                           network=httpx.MockTransport(lambda r: answers.pop(0)),
-                          retry=RetryPolicy(attempts=4, base_delay=0.01, attempt_timeout=5))
+                          retry=RetryPolicy(attempts=4, base_delay=0.01, attempt_timeout=5)
+                          .hinted(AnthropicProvider.retry_hints))   # 529: Anthropic's overload
     r = run(client.post("/x", json={"i": 1}))
     run(client.aclose())
     assert r.json() == {"ok": True} and not answers

@@ -24,18 +24,19 @@ from .retry import (
     LoadFeedback,
     OversizedBody,
     RetryableStatus,
+    RetryHints,
     RetryPolicy,
     RetryTransport,
     TruncatedBody,
     retry_after_seconds,
 )
-from .stats import TransportStats
+from .stats import TransportStats, UsageReader
 from .store import Exchange, FixtureStore
 
 __all__ = [
-    "JSON_EXTENSION", "MAX_BODY_BYTES", "MODES", "SYNC", "BackgroundSync",
-    "Exchange", "FixtureStore", "LoadFeedback", "OversizedBody", "RecordReplayTransport",
+    "JSON_EXTENSION", "MAX_BODY_BYTES", "MODES", "SYNC", "BackgroundSync", "Exchange",
+    "FixtureStore", "LoadFeedback", "OversizedBody", "RecordReplayTransport", "RetryHints",
     "RetryPolicy", "RetryTransport", "RetryableStatus", "ShardedTransport", "TransportStats",
-    "TruncatedBody", "build_client", "canonical_body", "heal_torn_tail", "key_digest",
-    "relative_path", "request_key", "retry_after_seconds",
+    "TruncatedBody", "UsageReader", "build_client", "canonical_body", "heal_torn_tail",
+    "key_digest", "relative_path", "request_key", "retry_after_seconds",
 ]

@@ -13,7 +13,7 @@ import httpx
 from .pool import ShardedTransport
 from .replay import RecordReplayTransport
 from .retry import LoadFeedback, RetryPolicy, RetryTransport
-from .stats import TransportStats
+from .stats import TransportStats, UsageReader
 from .store import FixtureStore
 
 
@@ -22,11 +22,13 @@ def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None
                  retry: RetryPolicy | None = None, stats: TransportStats | None = None,
                  network: httpx.AsyncBaseTransport | None = None,
                  max_connections: int = 64,
-                 feedback: LoadFeedback | None = None) -> httpx.AsyncClient:
+                 feedback: LoadFeedback | None = None,
+                 usage: UsageReader | None = None) -> httpx.AsyncClient:
     """The one httpx client of a run: record/replay over retries over the network.
 
     ``timeout`` bounds each attempt in all (the retry policy's ``attempt_timeout`` unless it
-    sets its own); ``feedback`` (a concurrency controller) hears how each attempt went.
+    sets its own); ``feedback`` (a concurrency controller) hears how each attempt went;
+    ``usage`` reads each answer's tokens for ``stats`` (the endpoint adapter's ``usage``).
     """
     stats = stats or TransportStats()
     retry = retry or RetryPolicy()
@@ -37,6 +39,6 @@ def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None
         net = network or ShardedTransport(max_connections)
         inner = RetryTransport(net, retry, stats, feedback)
     base_path = httpx.URL(base_url).path
-    transport = RecordReplayTransport(inner, mode, store, base_path, stats)
+    transport = RecordReplayTransport(inner, mode, store, base_path, stats, usage)
     return httpx.AsyncClient(base_url=base_url, transport=transport, headers=headers or {},
                        timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)))

@@ -25,7 +25,7 @@ from ..errors import FixtureError
 from ..redact import Redactor, might_hold_key
 from .keys import canonical_body, relative_path, request_key
 from .retry import JSON_EXTENSION
-from .stats import TransportStats
+from .stats import TransportStats, UsageReader
 from .store import Exchange, FixtureStore
 
 MODES = ("off", "record", "replay", "auto")
@@ -34,7 +34,7 @@ MODES = ("off", "record", "replay", "auto")
 class RecordReplayTransport(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport | None, mode: str,
                  store: FixtureStore | None, base_path: str = "",
-                 stats: TransportStats | None = None):
+                 stats: TransportStats | None = None, usage: UsageReader | None = None):
         if mode not in MODES:
             raise ValueError(f"record mode must be one of {MODES}, not {mode!r}")
         if mode != "off" and store is None:
@@ -45,6 +45,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         self.redactor = store.redactor if store is not None else Redactor()
         self.base_path = base_path
         self.stats = stats or TransportStats()
+        self.usage = usage
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = canonical_body(await request.aread())
@@ -60,7 +61,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
             if rec is not None:
                 self.stats.replayed += 1
                 if request.method != "GET":
-                    self.stats.count_usage(rec["response"], replayed=True)
+                    self._count(rec["response"], replayed=True)
                 return _response_from_record(rec, request)
             if self.mode == "replay":
                 near = self.store.nearest(key)
@@ -84,7 +85,7 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
                     response = _answer_with(response, clean, request)
                     payload, content = clean, None
                 if request.method != "GET":  # listings and probes of state carry no usage
-                    self.stats.count_usage(payload, replayed=False)
+                    self._count(payload, replayed=False)
                 if self.mode in ("record", "auto"):
                     assert self.store is not None
                     self.store.add(Exchange(request.method, path, body, response.status_code,
@@ -95,6 +96,11 @@ class RecordReplayTransport(httpx.AsyncBaseTransport):
         # received. A copy built from the decoded content kept the Content-Encoding header,
         # so a gzip answer failed to decode twice (DecodingError).
         return response
+
+    def _count(self, payload: Any, replayed: bool) -> None:
+        """Tokens as the endpoint's adapter reads them (the transport knows no API's fields)."""
+        tokens = self.usage(payload) if self.usage is not None else None
+        self.stats.count_usage(tokens, replayed)
 
     def _withheld(self, payload: Any, content: bytes) -> Any:
         """The answer as it may be kept: ``payload`` itself, or a copy with this run's secrets

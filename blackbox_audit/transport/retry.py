@@ -82,11 +82,12 @@ class _Capped(httpx.AsyncByteStream):
         await self.stream.aclose()
 
 
-def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> float | None:
-    """The wait a server asked for: ``retry-after-ms`` (OpenAI, Anthropic), else
-    ``Retry-After`` as seconds or as an HTTP date (RFC 9110). None when absent or unreadable;
-    never negative."""
-    ms = headers.get("retry-after-ms")
+def retry_after_seconds(headers: httpx.Headers, now: float | None = None,
+                        ms_header: str | None = None) -> float | None:
+    """The wait a server asked for: ``Retry-After`` as seconds or as an HTTP date (RFC 9110),
+    after ``ms_header`` (a wait in milliseconds, where the endpoint's API has one: its
+    adapter's :class:`RetryHints`). None when absent or unreadable; never negative."""
+    ms = headers.get(ms_header) if ms_header else None
     if ms is not None:
         try:
             return max(0.0, float(ms) / 1000.0)
@@ -110,15 +111,27 @@ def retry_after_seconds(headers: httpx.Headers, now: float | None = None) -> flo
 
 
 @dataclass(frozen=True)
+class RetryHints:
+    """An API's own words for "try again", beyond HTTP's: declared by its adapter (providers/)
+    and added to a policy with :meth:`RetryPolicy.hinted`. The transport reads no header and
+    no status of a provider's but these."""
+
+    statuses: frozenset[int] = frozenset()   # more retryable statuses
+    overload: frozenset[int] = frozenset()   # ... of them, those that also mean "slow down"
+    wait_ms_header: str | None = None        # a requested wait in milliseconds
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Bounded retries with jittered exponential backoff (tenacity), at the transport.
 
     Retried: connection errors, timeouts, bodies cut off mid-way (a protocol error, or a 2xx
     JSON body that does not parse or is empty), and the statuses in ``retry_statuses`` (429,
-    5xx, Anthropic's 529 and the "try again" 4xx); ``overload_statuses`` and timeouts also
-    tell the concurrency controller to back off. Never retried: any other 4xx, so a wrong
-    URL (404), key (401) or permission (403) fails on the first answer. A server-requested
-    wait (``Retry-After``, ``retry-after-ms``) is honoured up to ``max_wait``; otherwise
+    5xx and the "try again" 4xx, plus what the endpoint's adapter adds: :meth:`hinted`);
+    ``overload_statuses`` and timeouts also tell the concurrency controller to back off.
+    Never retried: any other 4xx, so a wrong URL (404), key (401) or permission (403) fails
+    on the first answer. A server-requested wait (``Retry-After``, or the adapter's
+    ``wait_ms_header``) is honoured up to ``max_wait``; otherwise
     attempt n (from 0) waits a uniformly random time in
     [0, min(max_backoff, base_delay * 2**n)] ("full jitter", so a crowd of clients does not
     retry in lockstep). Each attempt is cut off after ``attempt_timeout`` seconds in all
@@ -131,13 +144,23 @@ class RetryPolicy:
     max_backoff: float = 30.0
     max_wait: float = 60.0            # cap on a server-requested wait
     attempt_timeout: float | None = None   # None: the client's --timeout (build_client)
-    # 529: Anthropic's "overloaded_error".
-    retry_statuses: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-    overload_statuses: frozenset[int] = frozenset({503, 504, 529})
+    retry_statuses: frozenset[int] = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+    overload_statuses: frozenset[int] = frozenset({503, 504})
+    wait_ms_header: str | None = None  # a requested wait in milliseconds (RetryHints)
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("a retry policy needs at least one attempt")
+
+    def hinted(self, hints: RetryHints) -> RetryPolicy:
+        """This policy with an API's own retry hints added (its adapter's ``retry_hints``)."""
+        return replace(self, retry_statuses=self.retry_statuses | hints.statuses,
+                       overload_statuses=self.overload_statuses | hints.overload,
+                       wait_ms_header=hints.wait_ms_header or self.wait_ms_header)
+
+    def wait_asked(self, headers: httpx.Headers) -> float | None:
+        """The wait a server asked for, in the words this policy knows."""
+        return retry_after_seconds(headers, ms_header=self.wait_ms_header)
 
     def longest_wait(self, n: int) -> float:
         """The longest pause before retry n+1 (n from 0): the backoff's ceiling, or a
@@ -159,7 +182,7 @@ class RetryPolicy:
     def pause(self, exc: BaseException | None, attempt: int) -> float:
         """The wait after attempt number ``attempt`` (from 1) failed with ``exc``."""
         if isinstance(exc, RetryableStatus):
-            asked = retry_after_seconds(exc.response.headers)
+            asked = self.wait_asked(exc.response.headers)
             if asked is not None:
                 return min(asked, self.max_wait)
         n = attempt - 1
@@ -260,7 +283,7 @@ class RetryTransport(httpx.AsyncBaseTransport):
         if status in self.policy.retry_statuses:
             if self.feedback is not None:
                 if status == 429:
-                    self.feedback.throttled_by(started, retry_after_seconds(response.headers))
+                    self.feedback.throttled_by(started, self.policy.wait_asked(response.headers))
                 elif status in self.policy.overload_statuses:
                     self.feedback.overloaded_by(started)
             raise RetryableStatus(response)

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# An answer's (prompt, completion) tokens as its API reports them, or None when it reports
+# none: each adapter reads its own API's fields (providers: ``Provider.usage``).
+UsageReader = Callable[[Any], "tuple[Any, Any] | None"]
 
 
 @dataclass
 class TransportStats:
     """Per-run accounting of what was asked, answered and paid for (manifest "requests").
 
-    Tokens come from each answer's ``usage`` (OpenAI's prompt/completion_tokens or
-    Anthropic's input/output_tokens): ``tokens`` counts answers that came over the network
-    this session (what was paid now), ``replayed_tokens`` answers served from fixtures (paid
-    in an earlier session, free now). ``answers_without_usage`` says how far to trust them.
+    Tokens are what the endpoint's adapter reads from each answer (a :data:`UsageReader`
+    given to the client): ``tokens`` counts answers that came over the network this session
+    (what was paid now), ``replayed_tokens`` answers served from fixtures (paid in an earlier
+    session, free now). ``answers_without_usage`` says how far to trust them.
     """
 
     sent: int = 0            # attempts that reached the network (retries included)
@@ -28,13 +33,13 @@ class TransportStats:
     replayed_completion_tokens: int = 0
     answers_without_usage: int = 0
 
-    def count_usage(self, payload: Any, replayed: bool) -> None:
-        usage = payload.get("usage") if isinstance(payload, dict) else None
-        if not isinstance(usage, dict):
+    def count_usage(self, tokens: tuple[Any, Any] | None, replayed: bool) -> None:
+        """Count one answer's (prompt, completion) tokens as its adapter read them (None:
+        the answer says nothing of its usage); anything but a positive integer counts 0."""
+        if tokens is None:
             self.answers_without_usage += 1
             return
-        prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-        completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+        prompt, completion = _int(tokens[0]), _int(tokens[1])
         if replayed:
             self.replayed_prompt_tokens += prompt
             self.replayed_completion_tokens += completion
