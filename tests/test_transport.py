@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import httpx
 import pytest
@@ -230,13 +231,19 @@ def test_sharded_pool_spreads_requests_and_gives_slots_back():
 
 def test_fixture_store_reads_records_back_by_offset(tmp_path):
     path = tmp_path / "ex.jsonl"
-    client = build_client("http://h/v1", mode="record", store=FixtureStore(path),
+    store = FixtureStore(path)
+    client = build_client("http://h/v1", mode="record", store=store,
                           network=httpx.MockTransport(Network()))
     for i in range(3):
         run(post(client, "/x", {"i": i}))
-    store = client._transport.store  # the live store answers from the file, not from memory
-    assert all(isinstance(v[1], int) for v in store._index.values())
-    assert store.get(request_key("POST", "/x", {"i": 1}))["response"]["echo"] == {"i": 1}
+    # The live store answers from the file, not from memory: a byte changed on disk (same
+    # length, same offsets) is what it reads back.
+    text = path.read_text()
+    edited = re.sub(r'("n":\s*)2\b', r"\g<1>7", text)
+    assert edited != text and len(edited) == len(text)
+    path.write_text(edited)
+    answer = store.get(request_key("POST", "/x", {"i": 1}))["response"]
+    assert answer["echo"] == {"i": 1} and answer["n"] == 7
     run(client.aclose())
     again = FixtureStore(path, writable=False)
     assert again.get(request_key("POST", "/x", {"i": 2}))["response"]["n"] == 3
