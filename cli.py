@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_target_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Target flags shared by audit and probe: KIND:MODEL, or --base-url/--model."""
-    from providers.registry import TARGET_HELP
+    from providers.registry import FLAVOURS, TARGET_HELP
 
     t = p.add_argument_group("target")
     t.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
@@ -225,8 +225,7 @@ def _add_target_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
                    help="environment variable holding the API key (never written anywhere; "
                         "default for a KIND: its usual variable, e.g. OPENAI_API_KEY)")
     t.add_argument("--flavour", default="auto",
-                   choices=["auto", "generic", "llama.cpp", "llama-cpp-python", "vllm",
-                            "together", "fireworks", "openrouter", "deepseek"],
+                   choices=FLAVOURS,
                    help="OpenAI-compatible server kind, for its greedy-decoding parameters and "
                         "quirks (default: from KIND, else detected from GET /models)")
     t.add_argument("--reference-only", action="store_true",

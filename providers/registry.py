@@ -30,6 +30,10 @@ FAMILIES: dict[str, type[Provider]] = {a.family: a for a in ADAPTERS}
 KINDS: dict[str, tuple[type[Provider], Kind]] = {
     name: (a, kind) for a in ADAPTERS for name, kind in a.kinds.items()}
 BY_URL = "compatible"   # the kind of a target given as --base-url URL --model M
+# --flavour's choices: "auto" (from the kind, else asked of the endpoint), then every
+# adapter's server flavours.
+FLAVOURS: tuple[str, ...] = tuple(dict.fromkeys(["auto", *(f for a in ADAPTERS
+                                                          for f in a.flavours)]))
 
 TARGET_HELP = ("KIND:MODEL with KIND one of " + ", ".join(KINDS) + " (e.g. openai:gpt-4o-mini, "
                "anthropic:claude-3-5-haiku-latest), or leave it out and pass --base-url URL "
