@@ -138,21 +138,11 @@ def user_message(rows: list[dict[str, Any]], manifest: Manifest,
 
 
 def build_request(judge: Judge, system: str, user: str, max_tokens: int) -> dict[str, Any]:
-    """The SDK's create() parameters (also the JSON body it sends). Temperature 0 where the
-    API takes one: OpenAI's reasoning models refuse it, and the Anthropic SDK (2.x) no longer
-    offers it."""
-    if judge.kind == "openai":
-        from providers.openai_api import is_reasoning_model
+    """The SDK's create() parameters (also the JSON body it sends), as the judge's adapter
+    shapes them."""
+    from providers.registry import adapter_of
 
-        body: dict[str, Any] = {"model": judge.model, "max_completion_tokens": max_tokens,
-                                "response_format": {"type": "json_object"},
-                                "messages": [{"role": "system", "content": system},
-                                             {"role": "user", "content": user}]}
-        if not is_reasoning_model(judge.model):
-            body["temperature"] = 0.0
-        return body
-    return {"model": judge.model, "max_tokens": max_tokens, "system": system,
-            "messages": [{"role": "user", "content": user}]}
+    return adapter_of(judge.kind).api.judge_body(judge.model, system, user, max_tokens)
 
 
 # -- the call ------------------------------------------------------------------------------

@@ -94,6 +94,12 @@ class AnthropicAPI:
         return await self.send(WireRequest("POST", "/v1/messages", body))
 
     @staticmethod
+    def judge_body(model: str, system: str, user: str, max_tokens: int) -> dict[str, Any]:
+        """A judge's request. No temperature: the SDK (2.x) no longer offers it."""
+        return {"model": model, "max_tokens": max_tokens, "system": system,
+                "messages": [{"role": "user", "content": user}]}
+
+    @staticmethod
     def text(payload: dict[str, Any]) -> str:
         """The text of a Messages answer (its text blocks, joined)."""
         return "".join(b.get("text", "") for b in payload.get("content") or []

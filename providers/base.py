@@ -102,7 +102,8 @@ class Provider(ABC):
     prices: ClassVar[dict[str, tuple[float, float]]] = {}  # USD per M tokens (in, out)
     logprobs_absent: ClassVar[str | None] = None  # why the API returns none, if it never does
     # A chat API a judge can ask (blackbox_audit.summarize): a class built on (client, key,
-    # base_url) with ``async chat(body) -> httpx.Response`` and ``text(payload) -> str``.
+    # base_url) with ``async chat(body) -> httpx.Response``, ``text(payload) -> str`` and
+    # ``judge_body(model, system, user, max_tokens) -> dict`` (static).
     api: ClassVar[Any] = None
 
     @classmethod

@@ -120,6 +120,18 @@ class OpenAIAPI:
         return await self.send(WireRequest("POST", "/chat/completions", body))
 
     @staticmethod
+    def judge_body(model: str, system: str, user: str, max_tokens: int) -> dict[str, Any]:
+        """A judge's request: one JSON object asked for, temperature 0 where the model takes
+        one (the reasoning models refuse it)."""
+        body: dict[str, Any] = {"model": model, "max_completion_tokens": max_tokens,
+                                "response_format": {"type": "json_object"},
+                                "messages": [{"role": "system", "content": system},
+                                             {"role": "user", "content": user}]}
+        if not is_reasoning_model(model):
+            body["temperature"] = 0.0
+        return body
+
+    @staticmethod
     def text(payload: dict[str, Any]) -> str:
         """The text of a Chat Completions answer (its first choice's message)."""
         choices = payload.get("choices") or [{}]
