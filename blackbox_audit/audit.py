@@ -53,6 +53,7 @@ from .records import Completion, GenerationRequest, Prefill
 from .redact import Redactor
 from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
 from .rundir import RunDir
+from .scorer import Scorer
 from .scores import score_row
 from .themes import settings as theme_settings
 from .themes import themes_by_group
@@ -317,7 +318,7 @@ def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = Fal
     return manifest
 
 
-def score_run(run: RunDir, completions: dict[str, Completion], reference: ReferenceModel,
+def score_run(run: RunDir, completions: dict[str, Completion], reference: Scorer,
               view: TokenizerView, alignment: str = "auto", quiet: bool = False,
               noise_sample: int = 32) -> dict[str, Any]:
     """Score every usable completion not yet scored by this reference; append as we go.

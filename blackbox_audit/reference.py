@@ -96,7 +96,8 @@ def _load_failure(what: str, spec: ReferenceSpec, e: Exception) -> str:
 
 
 class ReferenceModel:
-    """Scores token sequences. ``score`` is the only method alignment needs."""
+    """The local transformers engine of the :class:`~blackbox_audit.scorer.Scorer` contract:
+    scores token sequences in one process (the default scorer, and each replica's engine)."""
 
     def __init__(self, spec: ReferenceSpec, device: str | None = None,
                  token_budget: int | None = None, tokenizer=None):

@@ -161,6 +161,9 @@ def test_reference_scores_only_the_span_from_the_previous_position(reference, vi
 
 
 def test_batched_equals_unbatched(reference, view):
+    from blackbox_audit.scorer import Scorer
+
+    assert isinstance(reference, Scorer)   # the local engine meets the scorer contract
     texts = ["A cat.", "The feud between the two families lasted for many years and years.",
              "def f(x):\n    return x + 1", "Hello there, friend"]
     seqs = [view.encode(t) for t in texts]
