@@ -209,7 +209,74 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--fixtures", metavar="PATH",
                     help="exchanges file (default RUN/summarize/exchanges.jsonl)")
     sm.add_argument("--timeout", type=float, default=120.0, help="seconds (120)")
+    _add_score_texts(sub)
     return p
+
+
+def _add_score_texts(sub) -> None:
+    """score-texts: given texts ranked by the gap between a target and the reference."""
+    from providers.registry import FLAVOURS
+
+    st = sub.add_parser(
+        "score-texts", help="rank given texts by the perplexity gap between a target and the "
+                            "reference (a dataset, candidate documents, hypotheses)",
+        description="Score every text of TEXTS under the target and the reference and rank "
+        "them by the gap, within each group and framing, as an audit ranks completions (same "
+        "alignment, scores, run directory, resume and report). TEXTS is JSONL ({\"text\", "
+        "optional \"id\", \"group\", \"context\"}: a string context is raw text the text "
+        "continues, a list of chat messages is rendered with each model's chat template and "
+        "the text is the assistant's reply) or plain text, one per line.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("texts", metavar="TEXTS", help="texts file (.jsonl, or plain text)")
+    t = st.add_argument_group("target (one of)")
+    t.add_argument("--target", metavar="KIND:MODEL",
+                   help="an endpoint that returns prompt log-probabilities: vllm:MODEL "
+                        "(prompt_logprobs), together:MODEL or fireworks:MODEL (echo)")
+    t.add_argument("--target-local", metavar="PATH",
+                   help="a local model directory or .gguf file, scored like the reference")
+    t.add_argument("--base-url", help="the endpoint's base URL (with --model)")
+    t.add_argument("--model", help="the model's name at the endpoint")
+    t.add_argument("--api-key-env", metavar="VAR",
+                   help="environment variable holding the API key (never written anywhere)")
+    t.add_argument("--flavour", default="auto", choices=FLAVOURS,
+                   help="OpenAI-compatible server kind (default: from KIND, else from GET "
+                        "/models)")
+    t.add_argument("--timeout", type=float, default=120.0, help="seconds per attempt (120)")
+    t.add_argument("--concurrency", type=int, default=16, help="most requests in flight (16)")
+    t.add_argument("--retries", type=int, default=3, help="extra attempts per request (3)")
+    t.add_argument("--record-mode", default="auto", choices=["off", "record", "replay", "auto"],
+                   help="auto (default): answer from recorded exchanges, else ask and record")
+    t.add_argument("--replay", action="store_const", const="replay", dest="record_mode",
+                   help="same as --record-mode replay")
+    t.add_argument("--fixtures", metavar="PATH",
+                   help="exchanges file (default OUT/exchanges.jsonl)")
+    g = st.add_argument_group("reference, ranking and selection")
+    g.add_argument("--reference", metavar="MODEL",
+                   help="reference model: a local directory, a .gguf file or a hub id "
+                        "(default: the packaged SmolLM2-135M-Instruct GGUF)")
+    g.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    g.add_argument("--chat-template", metavar="FILE",
+                   help="Jinja chat template for chat contexts (default: each model's own)")
+    g.add_argument("--rank-by", dest="rank_key", default="ppl_diff",
+                   choices=["ppl_diff", "nll_diff", "bpb_diff"],
+                   help="ranking key (ppl_diff = PPL_ref - PPL_target; bpb_diff across "
+                        "tokenizer families)")
+    g.add_argument("--min-tokens", type=int, default=1,
+                   help="leave texts shorter than this many target tokens out (1)")
+    sel = g.add_mutually_exclusive_group()
+    sel.add_argument("--select", type=int, metavar="K",
+                     help="write the top K of each ranking to OUT/selected.jsonl (input rows "
+                          "verbatim, ready for a training pipeline)")
+    sel.add_argument("--select-share", type=float, metavar="P",
+                     help="write the top share P (0-1] of each ranking instead")
+    g.add_argument("--select-from", default="top", choices=["top", "bottom"],
+                   help="select the largest gaps (top, default) or the smallest (bottom)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads (default: the machine's cores)")
+    st.add_argument("--out", required=True, help="run directory (created; reused to resume)")
+    st.add_argument("--top", type=int, default=10, help="rows to print per ranking (10)")
+    st.add_argument("--no-report", action="store_true", help="do not write RUN/report.html")
+    st.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def _add_target_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -421,6 +488,30 @@ def _dispatch(args: argparse.Namespace) -> int:
                       api_key_env=args.api_key_env, record_mode=args.record_mode,
                       fixtures=args.fixtures, timeout=args.timeout)
         presentation.hypotheses(s)
+        return 0
+    if args.command == "score-texts":
+        from blackbox_audit.plan import process_settings
+
+        p = ba.texts_plan(
+            args.texts, args.out, target=args.target, target_local=args.target_local,
+            base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+            flavour=args.flavour, reference=args.reference, device=args.device,
+            chat_template=args.chat_template, rank_key=args.rank_key,
+            min_tokens=args.min_tokens, select=args.select, select_share=args.select_share,
+            select_from=args.select_from, record_mode=args.record_mode,
+            fixtures=args.fixtures, timeout=args.timeout, concurrency=args.concurrency,
+            retries=args.retries, quiet=args.quiet)
+        ba.apply_process_settings(process_settings(args.threads))
+        result = ba.score_texts(p)
+        presentation.show_top(result.ranked, args.top, plain=True)
+        presentation.audit_summary(result.manifest.counts.to_json(), result.run.path)
+        if result.selected is not None:
+            print(f"selected: {result.selected_rows} rows -> {result.selected}")
+        if not args.no_report:
+            from blackbox_audit.report import render
+
+            print(f"report: {render(result.run.path).path} (self-contained; open it in a "
+                  "browser)")
         return 0
     raise AssertionError(args.command)
 
