@@ -32,6 +32,18 @@ DEFAULT_NAME = "smollm2-135m-instruct-q4_1"
 
 
 @dataclass(frozen=True)
+class PositionView:
+    """One scored position as :meth:`ReferenceModel.inspect` sees it (``verify``'s claimed
+    model): the token's log-probability and rank (0 = the argmax), the model's own top-k
+    ``(id, logprob)`` pairs, and its log-probabilities of the ids it was asked about."""
+
+    logprob: float
+    rank: int
+    top: tuple[tuple[int, float], ...]
+    extra: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class ReferenceSpec:
     """Where the weights are: ``path`` (dir or hub id) and optionally a GGUF file in it."""
 
@@ -135,6 +147,69 @@ class ReferenceModel:
         refused (callers leave such rows unscored). Results come back in input order and do
         not depend on the batching (a test holds this).
         """
+        def chosen(logp, targets, _positions) -> list[float]:
+            import torch
+
+            return logp[torch.arange(len(targets)), targets].cpu().tolist()
+
+        return self._batched(sequences, starts, chosen, progress)
+
+    def inspect(self, sequences: Sequence[Sequence[int]], starts: Sequence[int], k: int = 5,
+                extra: Sequence[Sequence[Sequence[int]]] | None = None,
+                progress: Callable[[int, int], None] | None = None
+                ) -> list[list[PositionView]]:
+        """More than :meth:`score` about the same positions, for ``verify``: per scored token
+        its log-probability, its rank under this model (entries with a strictly larger
+        log-probability; 0 = the argmax), this model's own top ``k`` and its log-probabilities
+        of ``extra[i][j]`` (the ids an endpoint priced at that position). Same batching,
+        same conditioning, same numbers for ``logprob`` as :meth:`score` (a test holds it).
+        """
+        if extra is not None:
+            for seq, s, ex in zip(sequences, starts, extra, strict=True):
+                if len(ex) != len(seq) - s:
+                    raise ValueError(f"extra ids for {len(ex)} positions, the span has "
+                                     f"{len(seq) - s}")
+        flat_extra = [list(ids) for ex in (extra or ()) for ids in ex]
+
+        def views(logp, targets, positions) -> list[PositionView]:
+            import torch
+
+            n = len(targets)
+            rows = torch.arange(n)
+            lp = logp[rows, targets]
+            rank = (logp > lp[:, None]).sum(dim=-1)
+            top_lp, top_id = logp.topk(min(k, logp.shape[-1]), dim=-1)
+            ex_lp = None
+            if extra is not None:
+                want = [flat_extra[p] for p in positions]
+                width = max((len(w) for w in want), default=0)
+                if width:
+                    ids = torch.zeros((n, width), dtype=torch.long)
+                    for r, w in enumerate(want):
+                        ids[r, : len(w)] = torch.tensor(w, dtype=torch.long)
+                    ex_lp = logp.gather(1, ids.to(logp.device)).cpu().tolist()
+            lp_l, rank_l = lp.cpu().tolist(), rank.cpu().tolist()
+            tl, ti = top_lp.cpu().tolist(), top_id.cpu().tolist()
+            out = []
+            for r in range(n):
+                ex: tuple[tuple[int, float], ...] = ()
+                if ex_lp is not None:
+                    w = flat_extra[positions[r]]
+                    ex = tuple(zip(w, ex_lp[r][: len(w)], strict=True))
+                out.append(PositionView(lp_l[r], int(rank_l[r]),
+                                        tuple(zip(ti[r], tl[r], strict=True)), ex))
+            return out
+
+        return self._batched(sequences, starts, views, progress)
+
+    def _batched(self, sequences: Sequence[Sequence[int]], starts: Sequence[int],
+                 reduce: Callable[..., list], progress: Callable[[int, int], None] | None
+                 ) -> list[list]:
+        """The one batching loop of this engine: length-bucketed batches under the token
+        budget, the LM head at scored positions only, log-softmax in fp32. ``reduce(logp,
+        targets, positions)`` turns a batch's (positions x vocabulary) log-probabilities into
+        one value per position; ``positions`` index the scored tokens of all sequences in
+        input order (sequence by sequence, token by token)."""
         import torch
 
         for seq, s in zip(sequences, starts, strict=True):
@@ -143,8 +218,13 @@ class ReferenceModel:
             if len(seq) > self.max_length:
                 raise ValueError(f"a sequence of {len(seq)} tokens is longer than the "
                                  f"{self.max_length} one forward pass takes (max_length)")
+        first: list[int] = []
+        pos = 0
+        for seq, s in zip(sequences, starts, strict=True):
+            first.append(pos)
+            pos += len(seq) - s
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        out: list[list[float] | None] = [None] * len(sequences)
+        out: list[list | None] = [None] * len(sequences)
         done_tokens, total_tokens = 0, sum(len(s) for s in sequences)
         batch: list[int] = []
         pad_id = 0
@@ -156,7 +236,7 @@ class ReferenceModel:
             width = max(len(sequences[i]) for i in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            rows, cols, targets = [], [], []
+            rows, cols, targets, positions = [], [], [], []
             for r, i in enumerate(batch):
                 seq = sequences[i]
                 ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
@@ -165,19 +245,19 @@ class ReferenceModel:
                     rows.append(r)
                     cols.append(t - 1)
                     targets.append(seq[t])
+                    positions.append(first[i] + t - starts[i])
             with torch.inference_mode():
                 hidden = self.body(input_ids=ids.to(self.device),
                                    attention_mask=mask.to(self.device)).last_hidden_state
                 picked = hidden[torch.tensor(rows), torch.tensor(cols)]
                 logits = self.head(picked).float()
                 logp = torch.log_softmax(logits, dim=-1)
-                chosen = logp[torch.arange(len(targets)), torch.tensor(targets, device=logp.device)]
-            values = chosen.cpu().tolist()
-            pos = 0
+                values = reduce(logp, torch.tensor(targets, device=logp.device), positions)
+            at = 0
             for i in batch:
                 n = len(sequences[i]) - starts[i]
-                out[i] = values[pos: pos + n]
-                pos += n
+                out[i] = values[at: at + n]
+                at += n
                 done_tokens += len(sequences[i])
             batch.clear()
             if progress:

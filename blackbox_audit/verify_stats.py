@@ -224,13 +224,18 @@ class StatisticSpec:
 
 STATISTICS: dict[str, StatisticSpec] = {
     "dnll": StatisticSpec("dnll", "mean |ΔNLL| per token (claimed NLL - served NLL)",
-                          "nats/token", margin=0.005, bound=0.05),
+                          "nats/token", margin=0.02, bound=0.2),
     "disagreement": StatisticSpec("disagreement", "1 - greedy agreement (served token is not "
                                   "the claimed argmax)", "fraction of tokens",
-                                  margin=0.02, bound=0.2),
+                                  margin=0.03, bound=0.3),
     "tv": StatisticSpec("tv", "mean total variation over the shared top-k + remainder",
                         "TV", margin=0.01, bound=0.1),
 }
+"""Default margins δ (B = 10 δ), set against a measured null (docs/verify.md §3): the packaged
+SmolLM2 Q4_1 served by llama-server against the same file dequantised in transformers, 104
+calibration prompts of 32 tokens: per-prompt mean |ΔNLL| 0.046 (p99 0.072), disagreement
+0.039 (p99 0.094), TV 0.020 (p99 0.028). δ is added to the *calibrated* null mean, so it is
+the tolerated excess over what an honest serving stack already shows."""
 
 
 # --------------------------------------------------------------------------- betting CS

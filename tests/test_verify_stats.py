@@ -37,6 +37,14 @@ from blackbox_audit.verify_stats import (
 
 LN = math.log
 
+# The simulated world below is on a finer scale than the defaults (which are set against a
+# measured llama.cpp null, docs/verify.md §3): its margins are given explicitly.
+SIM_MARGINS = {"dnll": 0.005, "disagreement": 0.02, "tv": 0.01}
+
+
+def sim_calibration(*args, **kw):
+    return Calibration.from_prompts(*args, **{"margin": SIM_MARGINS, **kw})
+
 # --------------------------------------------------------------------------- per token
 
 
@@ -163,7 +171,7 @@ def population(rng, n, p_mean=0.01, effect=0.0, scale=0.01, tv=False):
 
 
 def run_once(rng, judged, alpha=0.01, max_tokens=2000, n_cal=100, cal_population=None, **cal):
-    calib = Calibration.from_prompts((cal_population or population)(rng, n_cal), **cal)
+    calib = sim_calibration((cal_population or population)(rng, n_cal), **cal)
     test = SequentialTest(calib, alpha=alpha, max_tokens=max_tokens)
     pool = judged(rng, max_tokens // L + 1)
     for p in pool:
@@ -224,7 +232,7 @@ def test_small_budget_is_inconclusive_with_an_estimate_that_holds():
 
 
 def test_short_prompts_cost_tokens_but_are_no_evidence():
-    calib = Calibration.from_prompts(population(np.random.default_rng(5), 50))
+    calib = sim_calibration(population(np.random.default_rng(5), 50))
     t = SequentialTest(calib, max_tokens=10_000)
     short = PromptStats(n_tokens=3, n_agree=0, mean_rank=5.0, max_rank=9, n_dnll=3,
                         mean_abs_dnll=9.0)
@@ -237,7 +245,7 @@ def test_short_prompts_cost_tokens_but_are_no_evidence():
 def test_prompts_must_be_disjoint_and_judged_once():
     rng = np.random.default_rng(6)
     cal = [replace(p, key=f"c{i}") for i, p in enumerate(population(rng, 30))]
-    t = SequentialTest(Calibration.from_prompts(cal))
+    t = SequentialTest(sim_calibration(cal))
     with pytest.raises(ValueError, match="calibration prompt"):
         t.update(replace(cal[0]))
     (p,) = population(rng, 1)
@@ -248,7 +256,7 @@ def test_prompts_must_be_disjoint_and_judged_once():
 
 def test_verdict_is_final_once_given():
     rng = np.random.default_rng(7)
-    calib = Calibration.from_prompts(population(rng, 100))
+    calib = sim_calibration(population(rng, 100))
     t = SequentialTest(calib, max_prompts=3)
     ps = population(rng, 5)
     assert t.update(ps[0]) is None and t.update(ps[1]) is None
@@ -259,7 +267,7 @@ def test_verdict_is_final_once_given():
 
 def test_floor_only_calibration():
     """No calibration run, only a tolerated mean |ΔNLL|: the floor is the tolerance."""
-    calib = Calibration.from_prompts([], floor=0.03)
+    calib = sim_calibration([], floor=0.03)
     assert list(calib.specs) == ["dnll"] and calib.specs["dnll"].bound == pytest.approx(0.12)
     rng = np.random.default_rng(8)
     ok = SequentialTest(calib, max_tokens=50_000)
@@ -278,7 +286,7 @@ def test_floor_only_calibration():
 
 def test_floor_raises_the_dnll_tolerance():
     rng = np.random.default_rng(9)
-    calib = Calibration.from_prompts(population(rng, 100), floor=0.04)
+    calib = sim_calibration(population(rng, 100), floor=0.04)
     stat = next(s for s in SequentialTest(calib).verdict().statistics if s.name == "dnll")
     assert stat.tolerance_differs == stat.tolerance_consistent == 0.04
     assert stat.clip == pytest.approx(0.16)
@@ -287,31 +295,31 @@ def test_floor_raises_the_dnll_tolerance():
 def test_calibration_options_and_errors():
     rng = np.random.default_rng(10)
     null = population(rng, 40, tv=True)
-    c = Calibration.from_prompts(null, margin=0.004)
+    c = sim_calibration(null, margin=0.004)
     assert set(c.specs) == {"dnll", "disagreement", "tv"}
     assert c.specs["dnll"].margin == 0.004 and c.specs["dnll"].bound == pytest.approx(0.04)
-    c = Calibration.from_prompts(null, margin={"tv": 0.02}, bounds={"tv": 0.5},
+    c = sim_calibration(null, margin={"tv": 0.02}, bounds={"tv": 0.5},
                                  statistics=["tv"])
     assert list(c.specs) == ["tv"] and c.specs["tv"].bound == 0.5
     with pytest.raises(ValueError, match="unknown"):
-        Calibration.from_prompts(null, margin={"nope": 0.1})
+        sim_calibration(null, margin={"nope": 0.1})
     with pytest.raises(ValueError, match="> 0"):
-        Calibration.from_prompts(null, margin=0.0)
+        sim_calibration(null, margin=0.0)
     with pytest.raises(ValueError, match="no calibration data"):
-        Calibration.from_prompts(population(rng, 20), statistics=["tv"])
+        sim_calibration(population(rng, 20), statistics=["tv"])
     with pytest.raises(ValueError, match="no statistic"):
-        Calibration.from_prompts([])
+        sim_calibration([])
     # a null noisier than the margins assume: told, not silently clipped into meaninglessness
     noisy = [replace(p, mean_abs_dnll=1.0) for p in null]
     with pytest.raises(ValueError, match="clip bound"):
-        SequentialTest(Calibration.from_prompts(noisy))
+        SequentialTest(sim_calibration(noisy))
 
 
 def test_missing_statistic_blocks_consistent_not_differs():
     """An endpoint without logprobs gives no dnll: it can still be caught by disagreement,
     never passed as consistent."""
     rng = np.random.default_rng(11)
-    calib = Calibration.from_prompts(population(rng, 300))
+    calib = sim_calibration(population(rng, 300))
     t = SequentialTest(calib, max_tokens=20_000)
     v = None
     for p in population(rng, 400):
