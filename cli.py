@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep per-token data for the top N rows of each (corpus, framing) "
                          "only, for a smaller file (default: every row)")
 
+    _add_verify_parser(sub)
+
     sm = sub.add_parser("summarize", help="ask a judge model what the top rows say the "
                                           "finetune taught (writes hypotheses.md)",
                         description="Send the top-ranked completions to a judge model (OpenAI "
@@ -277,6 +279,87 @@ def _add_score_texts(sub) -> None:
     st.add_argument("--top", type=int, default=10, help="rows to print per ranking (10)")
     st.add_argument("--no-report", action="store_true", help="do not write RUN/report.html")
     st.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+VERIFY_EPILOG = """\
+verdict exit codes: 0 consistent (every statistic within its margin of the calibrated null),
+8 differs, 9 inconclusive (budget spent; the output says how many more tokens may decide),
+10 an honesty check failed (the numbers are not those of greedy decoding of one model);
+a calibration run exits 0. Errors: as for audit (2 flags, 3 endpoint, 4 fixture, 6 model).
+"""
+
+
+def _margin(value: str) -> tuple[str, float]:
+    name, _, num = value.partition("=")
+    try:
+        return name.strip(), float(num)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--margin takes STATISTIC=VALUE (dnll=0.02), not "
+                                         f"{value!r}") from None
+
+
+def _add_verify_parser(sub) -> None:
+    from providers.registry import FLAVOURS, TARGET_HELP
+
+    v = sub.add_parser(
+        "verify", help="is this endpoint serving the open weights it claims? (consistent / "
+                       "differs / inconclusive, with a stated error rate)",
+        description="The endpoint continues a fixed, versioned prompt set greedily with "
+        "log-probabilities; the claimed weights, run locally, rescore the same token ids; a "
+        "sequential test compares per-prompt agreement, ΔNLL and top-k divergence with a null "
+        "calibrated on disjoint prompts (verify --calibrate on a known-good serving of the "
+        "claimed weights) and stops as soon as the verdict is clear. docs/verify.md.",
+        epilog=VERIFY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = v.add_argument_group("target")
+    t.add_argument("target", nargs="?", metavar="TARGET", help=TARGET_HELP)
+    t.add_argument("--base-url", help="the endpoint's base URL (overrides a KIND's default)")
+    t.add_argument("--model", help="the model's name at the endpoint")
+    t.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API "
+                                                        "key (never written anywhere)")
+    t.add_argument("--flavour", default="auto", choices=FLAVOURS)
+    t.add_argument("--timeout", type=float, default=120.0, help="seconds per attempt (120)")
+    t.add_argument("--retries", type=int, default=3, help="extra attempts per request (3)")
+    t.add_argument("--concurrency", type=int, default=4, help="requests in flight at most (4)")
+    c = v.add_argument_group("claim and null")
+    c.add_argument("--claimed", metavar="MODEL",
+                   help="the open weights the endpoint claims: a local directory, a .gguf file "
+                        "or a hub id (default: the packaged SmolLM2-135M-Instruct GGUF)")
+    c.add_argument("--calibrate", action="store_true",
+                   help="this run is a calibration: point it at a known-good serving of the "
+                        "claimed weights; it generates on the calibration half of the prompt "
+                        "set and writes the null for later --calibration RUN")
+    c.add_argument("--calibration", metavar="RUN", help="a verify --calibrate run directory")
+    c.add_argument("--noise-floor", type=float, metavar="NATS",
+                   help="tolerated mean |ΔNLL| per token; alone (no --calibration) only ΔNLL "
+                        "is tested, against it")
+    c.add_argument("--margin", type=_margin, action="append", metavar="STAT=VALUE",
+                   help="equivalence margin over the calibrated null per statistic (defaults "
+                        "dnll=0.02 nats/token, disagreement=0.03, tv=0.01); repeatable")
+    c.add_argument("--alpha", type=float, default=0.01,
+                   help="error rate of each verdict (0.01): P(differs | within the margin) "
+                        "and P(consistent | outside it)")
+    b = v.add_argument_group("budget")
+    b.add_argument("--max-tokens-budget", type=int, default=2000,
+                   help="output tokens to judge at most (2000)")
+    b.add_argument("--max-cost", type=float, metavar="USD",
+                   help="stop once the estimated cost reaches this (needs a priced model)")
+    b.add_argument("--batch", type=int, default=8,
+                   help="prompts generated before each scoring turn (8)")
+    b.add_argument("--repeats", type=int, default=4,
+                   help="requests repeated for the determinism check (4)")
+    b.add_argument("--order-seed", type=int, default=0, help="judged prompts' order seed (0)")
+    r = v.add_argument_group("record / replay")
+    r.add_argument("--record-mode", default="auto", choices=["off", "record", "replay", "auto"])
+    r.add_argument("--replay", action="store_const", const="replay", dest="record_mode",
+                   help="answer from recorded exchanges only (no network): the same verdict")
+    r.add_argument("--fixtures", metavar="PATH", help="exchanges file (default OUT/exchanges"
+                                                      ".jsonl)")
+    v.add_argument("--device", help="cpu, cuda ... for the claimed model")
+    v.add_argument("--threads", type=int, metavar="N", help="torch threads")
+    v.add_argument("--pricing", metavar="FILE", help="JSON prices over the built-in table")
+    v.add_argument("--out", required=True, help="run directory")
+    v.add_argument("--json", action="store_true", help="print verify.json instead of text")
+    v.add_argument("--quiet", action="store_true")
 
 
 def _add_target_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -481,6 +564,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"report: {r.path} ({r.rows} rows, {r.rows_with_tokens} with per-token data, "
               f"{r.bytes / 1e6:.1f} MB)")
         return 0
+    if args.command == "verify":
+        from blackbox_audit.verifier import describe
+
+        vp = ba.verify_plan(
+            out=args.out, claimed=args.claimed, target=args.target, base_url=args.base_url,
+            model=args.model or "", api_key_env=args.api_key_env, flavour=args.flavour,
+            calibrate=args.calibrate, calibration=args.calibration,
+            noise_floor=args.noise_floor, alpha=args.alpha,
+            max_tokens_budget=args.max_tokens_budget, max_cost=args.max_cost,
+            batch=args.batch, repeats=args.repeats, margins=dict(args.margin or []),
+            order_seed=args.order_seed, record_mode=args.record_mode, fixtures=args.fixtures,
+            device=args.device, concurrency=args.concurrency, timeout=args.timeout,
+            retries=args.retries, pricing=args.pricing, quiet=args.quiet,
+            torch_threads=args.threads)
+        ba.apply_process_settings(vp.audit.process)
+        result = ba.verify(vp)
+        print(describe(result, as_json=args.json))
+        return result.exit_code
     if args.command == "summarize":
         from blackbox_audit.summarize import summarize
 

@@ -37,10 +37,12 @@ from .rank import RankedRow  # noqa: E402
 from .rundir import Run, read_run  # noqa: E402
 from .runtime import apply as apply_process_settings  # noqa: E402
 from .texts import TextsPlan, TextsResult, score_texts, texts_plan  # noqa: E402
+from .verifier import VerifyPlan, VerifyResult, verify, verify_plan  # noqa: E402
 
 __all__ = ["AuditError", "AuditResult", "ConfigError", "Counts", "DegradedShareExceeded",
            "EndpointError", "FixtureError", "GroupMetrics", "Manifest", "OrganismSpec", "Plan",
            "RankedRow", "ReferenceError_", "Run", "Settings", "TextsPlan", "TextsResult",
            "__version__",
            "apply_process_settings", "audit", "evaluate", "flagged_ids", "plan", "read_run",
-           "rescore", "score_texts", "texts_plan"]
+           "rescore", "score_texts", "texts_plan", "VerifyPlan", "VerifyResult", "verify",
+           "verify_plan"]

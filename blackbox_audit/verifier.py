@@ -562,5 +562,44 @@ def echo_check(vp: VerifyPlan, firsts: Sequence[GenerationRequest],
     return check_echo_consistency(pairs)
 
 
+def describe(result: VerifyResult, as_json: bool = False) -> str:
+    """What the terminal shows: the outcome in one line, why, the evidence that decided,
+    the honesty checks, and where everything is (model output is never printed)."""
+    rep = result.report
+    if as_json:
+        return json.dumps(rep, indent=2)
+    s = rep.get("summary", {})
+    lines = []
+    agreement = s.get("greedy_agreement")
+    agree = f"{agreement:.3f}" if agreement is not None else "n/a"
+    seen = (f"{s.get('prompts')} prompts, {s.get('tokens')} output tokens; greedy agreement "
+            f"{agree}")
+    v = result.verdict
+    if v is None:
+        lines.append(f"calibrated: {seen}. Use it with --calibration {result.out}.")
+    else:
+        lines.append(f"verdict: {result.outcome.upper()} (exit {result.exit_code}) after "
+                     f"{v.tokens_used} output tokens, {v.prompts_used} prompts; alpha {v.alpha}")
+        lines.append(f"  {v.decision}: {v.reason}")
+        if v.effect is not None and v.ci is not None:
+            lines.append(f"  {v.statistic}: effect {v.effect:+.4g} over the null, CI "
+                         f"[{v.ci[0]:+.4g}, {v.ci[1]:+.4g}], margin {v.margin}; p (within the "
+                         f"margin) {v.p_value:.3g}, p (outside it) {v.p_value_equivalence:.3g}")
+        for r in v.statistics:
+            mean = "n/a" if r.mean is None else f"{r.mean:.4g}"
+            null = "floor" if r.null_mean is None else f"{r.null_mean:.4g}"
+            lines.append(f"  {r.name:12s} mean {mean} (null {null}), bounds [{r.bounds[0]:.4g}, "
+                         f"{r.bounds[1]:.4g}], tolerances {r.tolerance_consistent:.4g} / "
+                         f"{r.tolerance_differs:.4g}: {r.state}")
+        lines.append(f"  seen: {seen}")
+    for h in result.honesty:
+        mark = {True: "ok  ", False: "FAIL", None: "--  "}[h.passed]
+        lines.append(f"  honesty {mark} {h.name}: {h.summary}")
+    ps = rep.get("prompt_set", {})
+    lines.append(f"prompt set {ps.get('version')} ({rep.get('prompts_digest')}); evidence: "
+                 f"{result.out}/verify.json, {result.out}/verify_prompts.jsonl")
+    return "\n".join(lines)
+
+
 __all__ = ["EXIT_CODES", "PROMPT_SET_VERSION", "PromptSet", "VerifyPlan", "VerifyResult",
-           "is_calibration", "prompt_order", "verify", "verify_plan"]
+           "describe", "is_calibration", "prompt_order", "verify", "verify_plan"]
