@@ -21,7 +21,7 @@ import asyncio
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import lru_cache, wraps
 from typing import Any, TypeVar
@@ -40,9 +40,9 @@ from .framing import (
     continue_messages,
     render_prompt,
 )
-from .heat import token_gaps
+from .heat import GapStore, token_gaps
 from .manifest import Counts, Manifest
-from .noise import combine, self_floor
+from .noise import combine, sample_keys, self_floor
 from .plan import EndpointPlan, GenerationPlan, Plan, ScoringPlan, scoring_plan
 from .prefills import documents, make_cutter, select_prefills
 from .progress import Progress, count_progress
@@ -160,8 +160,8 @@ def generate(plan: Plan, run: RunDir) -> Manifest:
     for w in plan.warnings:
         log(plan.quiet, f"warning: {w}")
     prefills, requests, template = build_requests(g, spec, plan.quiet)
-    done = run.load_completions()
-    todo = [r for r in requests if r.row_key not in done or done[r.row_key].error is not None]
+    done = run.answered_keys()   # ids only: a resumed 100,000-row run holds no tokens
+    todo = [r for r in requests if r.row_key not in done]
     log(plan.quiet, f"prefills: {len(prefills)} x {len(g.framings)} framings = "
                     f"{len(requests)} rows; {len(requests) - len(todo)} already on disk, "
                     f"{len(todo)} to generate")
@@ -294,16 +294,16 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
 @writes
 def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = False
           ) -> Manifest:
-    """Stage 2: score every usable completion not yet scored by this reference."""
+    """Stage 2: score every usable completion not yet scored by this reference. Streams the
+    run directory: one chunk of rows' tokens in memory at a time."""
     manifest = run.read_manifest()
-    completions = run.load_completions()
-    if not completions:
+    framings = {m.framing for m in run.iter_meta()}
+    if not framings:
         raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
     tokenizer = tokenizer_for(s.reference)
-    template = chat_template(s.chat_template, tokenizer, s.reference.name,
-                             any(c.framing == "chat" for c in completions.values()))
+    template = chat_template(s.chat_template, tokenizer, s.reference.name, "chat" in framings)
     reference = ReferenceModel(s.reference, device=s.device, tokenizer=tokenizer)
-    scoring = score_run(run, completions, reference, TokenizerView(tokenizer, template),
+    scoring = score_run(run, None, reference, TokenizerView(tokenizer, template),
                         s.alignment, quiet)
     noise = combine(manifest.noise_floor, scoring.get("noise_floor"), s.noise_floor)
     info = {"name": reference.name, "path": s.reference.path,
@@ -318,59 +318,82 @@ def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = Fal
     return manifest
 
 
-def score_run(run: RunDir, completions: dict[str, Completion], reference: Scorer,
+def score_run(run: RunDir, completions: dict[str, Completion] | None, reference: Scorer,
               view: TokenizerView, alignment: str = "auto", quiet: bool = False,
               noise_sample: int = 32) -> dict[str, Any]:
     """Score every usable completion not yet scored by this reference; append as we go.
 
-    Then score ``noise_sample`` of the new rows again one at a time: the scorer's own noise
-    floor (``noise.self_floor``), which the ranking's ``vs_floor`` column is measured against.
+    ``completions`` None: stream them from the run directory (``RunDir.iter_completions``),
+    so memory holds one chunk of rows' tokens and a few numbers per row, whatever the run's
+    size. Then score ``noise_sample`` of the new rows again one at a time: the scorer's own
+    noise floor (``noise.self_floor``), which the ranking's ``vs_floor`` column is measured
+    against.
     """
-    have = run.load_scores(reference.name)
-    todo = [c for k, c in completions.items() if c.usable and k not in have]
+    have = run.scored_keys(reference.name)
+
+    def usable() -> Iterator[Completion]:
+        source = completions.values() if completions is not None else run.iter_completions()
+        return (c for c in source if c.usable)
+
     if alignment == "auto":
-        alignment = choose_alignment(view, (c for c in completions.values() if c.usable))
-    items, rows, misaligned = [], [], {}
+        alignment = choose_alignment(view, usable())
+    n_todo = sum(1 for c in (completions or {}).values() if c.usable and c.row_key not in have) \
+        if completions is not None else len(run.usable_keys() - have)
+    misaligned: dict[str, str] = {}
+    paths: dict[str, int] = {}
     limit = reference.max_length
-    for c in todo:
+    progress = Progress("rescoring", n_todo, quiet=quiet)
+    chunk = 64
+    nll_ref: dict[str, float] = {}   # this session's rows, for the self noise floor
+    eligible: set[str] = set()       # ... those with a scored span after a context
+    t0 = time.monotonic()
+    part: list[tuple[Completion, Any]] = []
+
+    def flush() -> None:
+        ref_lps = reference.score([i.ids for _, i in part], [i.start for _, i in part])
+        for (c, item), lps in zip(part, ref_lps, strict=True):
+            row = score_row(c, item, lps)
+            run.append_score(reference.name, row)
+            nll_ref[c.row_key] = row.nll_ref
+            if len(item.ids) > item.start:
+                eligible.add(c.row_key)
+            paths[item.alignment] = paths.get(item.alignment, 0) + 1
+        progress.update(advance=len(part))
+        part.clear()
+
+    for c in usable():
+        if c.row_key in have:
+            continue
         try:
             item = align(view, c, alignment)
         except AlignmentError as e:
             misaligned[c.row_key] = str(e)
+            progress.update(advance=1)
             continue
         if len(item.ids) > limit:
             misaligned[c.row_key] = (f"{len(item.ids)} tokens with the context, more than the "
                                      f"reference takes in one pass ({limit})")
+            progress.update(advance=1)
             continue
-        items.append(item)
-        rows.append(c)
-    progress = Progress("rescoring", sum(len(i.ids) for i in items), unit="tokens",
-                        quiet=quiet)
-    chunk = 64
-    nll_ref: dict[str, float] = {}   # this session's rows, for the self noise floor
-    t0 = time.monotonic()
-    for lo in range(0, len(items), chunk):
-        part = items[lo: lo + chunk]
-        base = progress.done
-        ref_lps = reference.score([i.ids for i in part], [i.start for i in part],
-                                  progress=lambda d, _t, b=base: progress.update(done=b + d))
-        for c, item, lps in zip(rows[lo: lo + chunk], part, ref_lps, strict=True):
-            row = score_row(c, item, lps)
-            run.append_score(reference.name, row)
-            nll_ref[c.row_key] = row.nll_ref
-        progress.update(rows=f"{min(lo + chunk, len(items))}/{len(items)}")
+        part.append((c, item))
+        if len(part) == chunk:
+            flush()
+    if part:
+        flush()
     progress.finish()
     seconds = round(time.monotonic() - t0, 2)
-    paths: dict[str, int] = {}
-    for i in items:
-        paths[i.alignment] = paths.get(i.alignment, 0) + 1
-    out = {"reference": reference.name, "scored_now": len(items), "scored_before": len(have),
+    scored = sum(paths.values())
+    out = {"reference": reference.name, "scored_now": scored, "scored_before": len(have),
            "alignment": alignment, "misaligned": len(misaligned),
            "misaligned_examples": dict(list(misaligned.items())[:5]),
            "alignment_paths": paths, "seconds": seconds}
-    if items and noise_sample > 0:
-        by_key = {c.row_key: i for c, i in zip(rows, items, strict=True)}
-        out["noise_floor"] = {"self": self_floor(reference, by_key, nll_ref, noise_sample)}
+    if scored and noise_sample > 0:
+        # The same rows self_floor would draw from every item: only those are aligned again.
+        keys = sample_keys(sorted(eligible), noise_sample)
+        source = (completions[k] for k in keys) if completions is not None \
+            else run.iter_completions(keys=set(keys))
+        items = {c.row_key: align(view, c, alignment) for c in source}
+        out["noise_floor"] = {"self": self_floor(reference, items, nll_ref, noise_sample)}
     return out
 
 
@@ -381,23 +404,19 @@ def rank(s: ScoringPlan, run: RunDir, rescoring: bool = False
     """Stage 3: rank the scored rows within each (corpus, framing); write ranked.jsonl/.csv
     and the manifest's counts."""
     manifest = run.read_manifest()
-    completions = run.load_completions()
+    meta = run.completion_meta()       # no token columns: a few hundred bytes a row
     floor = (manifest.noise_floor or {}).get("floor")
     cfg = replace(s.ranking, noise_floor=floor)
-    scores = run.load_scores(s.reference.name)
-    ranked, left_out = rank_rows(completions, scores, cfg)
-    run.write_ranked(ranked, COLUMNS)
-
-    def gaps(row: RankedRow) -> list[tuple[int, int, float]] | None:
-        c, sc = completions.get(row.row_id), scores.get(row.row_id)
-        return token_gaps(c, sc) if c is not None and sc is not None else None
-
-    run.write_themes(themes_by_group(ranked, gaps=gaps), theme_settings())
-    degraded = sum(1 for c in completions.values() if c.degraded)
-    failed = sum(1 for c in completions.values() if c.error is not None)
-    counts = Counts(rows=len(completions), ranked=len(ranked), failed=failed,
-                    degraded=degraded, degraded_reasons=count_reasons(completions.values()),
+    ranked, left_out = rank_rows(meta, run.score_numbers(s.reference.name), cfg)
+    counts = Counts(rows=len(meta), ranked=len(ranked),
+                    failed=sum(1 for c in meta.values() if c.error is not None),
+                    degraded=sum(1 for c in meta.values() if c.degraded),
+                    degraded_reasons=count_reasons(meta.values()),
                     left_out_of_ranking=left_out)
+    del meta
+    run.write_ranked(ranked, COLUMNS)
+    with gap_store(run, s.reference.name, ranked) as gaps:
+        run.write_themes(themes_by_group(ranked, gaps=gaps), theme_settings())
     ranking = {**cfg.to_json(), "within": ["corpus", "framing"]}
     if rescoring and manifest.rescoring:
         last = {**manifest.rescoring[-1], "ranking": cfg.to_json(),
@@ -408,6 +427,26 @@ def rank(s: ScoringPlan, run: RunDir, rescoring: bool = False
                                     ranking=ranking)
     run.write_manifest(manifest)
     return ranked, manifest
+
+
+def gap_store(run: RunDir, ref_name: str, ranked: list[RankedRow]) -> GapStore:
+    """The ranked rows' per-token gaps, streamed from the scores into a temporary file
+    (heat.GapStore): from the pieces each score row keeps; for rows scored by an earlier
+    version (no pieces), from their completion's token columns."""
+    wanted = {r.row_id for r in ranked}
+    store = GapStore()
+    older: dict[str, Any] = {}
+    for sc in run.iter_scores(ref_name, keys=wanted):
+        key = f"{sc.prefill_id}:{sc.framing}"
+        if sc.heat is None:
+            older[key] = sc
+        else:
+            older.pop(key, None)
+            store.add(key, token_gaps(None, sc))
+    if older:
+        for c in run.iter_completions(keys=older.keys()):
+            store.add(c.row_key, token_gaps(c, older[c.row_key]))
+    return store
 
 
 # -- the whole audit -----------------------------------------------------------------------
@@ -424,7 +463,7 @@ def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
     try:
         manifest = generate(plan, run)
         if plan.generate_only:  # score later, elsewhere: `blackbox-audit score RUN`
-            completions = run.load_completions()
+            completions = run.completion_meta()
             counts = Counts(rows=len(completions), ranked=0,
                             failed=sum(c.error is not None for c in completions.values()),
                             degraded=sum(bool(c.degraded) for c in completions.values()),

@@ -8,6 +8,8 @@ result as a heatmap (``token_heat``); the themes weigh phrases by it (``token_ga
 
 from __future__ import annotations
 
+import tempfile
+from array import array
 from typing import Any, NamedTuple
 
 from .align import target_bytes
@@ -106,16 +108,53 @@ def token_pieces(c: Completion, s: Score) -> tuple[list[TokenPiece], bool] | Non
     return pieces, approx
 
 
-def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
-    """Per reference token over the continuation: its length in the completion text (UTF-16
-    units, as the page slices the text), reference and target log-probabilities.
-
-    None when the stored columns do not line up (nothing is guessed)."""
+def pieces_json(c: Completion, s: Score) -> dict[str, Any] | None:
+    """The pieces as a score row keeps them (``Score.heat``): character ends and both
+    log-probabilities (4 decimals: what the page shows and the themes weigh), so the report
+    and the themes never read the completion's token columns again."""
     found = token_pieces(c, s)
     if found is None:
         return None
     pieces, approx = found
-    text = c.text
+    return {"e": [p.end for p in pieces], "r": [round(p.ref, 4) for p in pieces],
+            "t": [round(p.target, 4) for p in pieces], **({"approx": True} if approx else {})}
+
+
+def stored_pieces(s: Score) -> tuple[list[TokenPiece], bool] | None:
+    """The pieces a score row keeps (None when it keeps none or they are damaged)."""
+    h = s.heat
+    if not isinstance(h, dict):
+        return None
+    ends, ref, tgt = h.get("e"), h.get("r"), h.get("t")
+    if not (isinstance(ends, list) and isinstance(ref, list) and isinstance(tgt, list)
+            and len(ends) == len(ref) == len(tgt)):
+        return None
+    pieces, start = [], 0
+    for e, r, t in zip(ends, ref, tgt, strict=True):
+        pieces.append(TokenPiece(start, e, float(r), float(t)))
+        start = e
+    return pieces, bool(h.get("approx"))
+
+
+def _pieces(c: Completion | None, s: Score) -> tuple[list[TokenPiece], bool] | None:
+    if s.heat is not None:
+        return stored_pieces(s)
+    return token_pieces(c, s) if c is not None else None
+
+
+def token_heat(c: Completion | None, s: Score, text: str | None = None
+               ) -> dict[str, Any] | None:
+    """Per reference token over the continuation: its length in the completion text (UTF-16
+    units, as the page slices the text), reference and target log-probabilities. From the
+    score row's stored pieces when it has them (``c`` may then be None and ``text`` the
+    completion text), else from the completion's columns.
+
+    None when the stored columns do not line up (nothing is guessed)."""
+    found = _pieces(c, s)
+    if found is None:
+        return None
+    pieces, approx = found
+    text = text if text is not None else c.text if c is not None else ""
     if text.isascii():
         lengths = [p.end - p.start for p in pieces]
     else:
@@ -124,11 +163,56 @@ def token_heat(c: Completion, s: Score) -> dict[str, Any] | None:
             "t": [round(p.target, 2) for p in pieces], **({"approx": True} if approx else {})}
 
 
-def token_gaps(c: Completion, s: Score) -> list[tuple[int, int, float]] | None:
+def token_gaps(c: Completion | None, s: Score) -> list[tuple[int, int, float]] | None:
     """(start, end, target minus reference log-probability) per reference token, in
     characters of the completion text: how much easier the target found each piece (the
-    themes' per-token gap)."""
-    found = token_pieces(c, s)
+    themes' per-token gap). From the score row's stored pieces when it has them."""
+    found = _pieces(c, s)
     if found is None:
         return None
     return [(p.start, p.end, p.target - p.ref) for p in found[0]]
+
+
+class GapStore:
+    """Every row's per-token gaps (:func:`token_gaps`) in a temporary file, read back one
+    row at a time: the themes weigh each phrase by the gaps of every row of a group, and at
+    100,000 rows those gaps would be hundreds of megabytes of Python tuples. Memory: an
+    offset per row. Call it with a ranked row (anything with ``row_id``) for its gaps."""
+
+    def __init__(self) -> None:
+        self._fh = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._at: dict[str, tuple[int, int]] = {}
+
+    def add(self, row_id: str, spans: list[tuple[int, int, float]] | None) -> None:
+        if not spans:
+            self._at.pop(row_id, None)
+            return
+        bounds = array("i", [x for a, b, _ in spans for x in (a, b)])
+        values = array("d", [g for _, _, g in spans])
+        self._fh.seek(0, 2)
+        self._at[row_id] = (self._fh.tell(), len(spans))
+        self._fh.write(bounds.tobytes() + values.tobytes())
+
+    def __contains__(self, row_id: str) -> bool:
+        return row_id in self._at
+
+    def __call__(self, row: Any) -> list[tuple[int, int, float]] | None:
+        at = self._at.get(row.row_id)
+        if at is None:
+            return None
+        offset, n = at
+        self._fh.seek(offset)
+        data = self._fh.read(16 * n)
+        bounds, values = array("i"), array("d")
+        bounds.frombytes(data[: 8 * n])
+        values.frombytes(data[8 * n:])
+        return list(zip(bounds[0::2], bounds[1::2], values, strict=True))
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> GapStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

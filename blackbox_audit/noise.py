@@ -48,12 +48,18 @@ def quantiles(values: Sequence[float]) -> dict[str, float]:
     return {**out, "max_abs": absolute[-1], "p99_abs": _nearest_rank(absolute, 0.99)}
 
 
+def sample_keys(keys: Sequence[str], sample: int, seed: int = 0) -> list[str]:
+    """The rows the self floor scores again: ``sample`` of the sorted ``keys``, drawn with
+    ``seed`` (a scorer that streams its rows aligns only these again)."""
+    return random.Random(seed).sample(list(keys), min(sample, len(keys)))
+
+
 def self_floor(reference, items: dict[str, Any], nll_ref: dict[str, float], sample: int = 64,
                seed: int = 0) -> dict[str, float]:
     """Per-row ΔNLL between the batched reference scores (``nll_ref``: mean NLL per row key)
     and the same rows scored one at a time. ``items`` maps row keys to their ScoringItem."""
-    keys = sorted(k for k in items if k in nll_ref and len(items[k].ids) > items[k].start)
-    keys = random.Random(seed).sample(keys, min(sample, len(keys)))
+    keys = sample_keys(sorted(k for k in items if k in nll_ref
+                              and len(items[k].ids) > items[k].start), sample, seed)
     deltas = []
     for k in keys:
         item = items[k]

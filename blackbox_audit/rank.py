@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from .errors import ConfigError
-from .records import SCORE_KEYS, Completion, Score
+from .records import SCORE_KEYS, Completion, CompletionMeta, Score, ScoreNumbers
 
 # ranked.csv's columns, in order (ranked.jsonl holds every field of RankedRow).
 COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "vs_floor",
@@ -27,7 +28,7 @@ COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "vs_
            "prefill_id", "prefill", "completion"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RankedRow:
     """One completion's place in its (corpus, framing) ranking: a line of ranked.jsonl.
 
@@ -135,11 +136,14 @@ class RankConfig:
         return asdict(self)
 
 
-def rank(completions: dict[str, Completion], scores: dict[str, Score],
+def rank(completions: Mapping[str, Completion | CompletionMeta],
+         scores: Mapping[str, Score | ScoreNumbers],
          cfg: RankConfig) -> tuple[list[RankedRow], dict[str, int]]:
-    """Ranked rows (all groups, each group from rank 0) and the count of rows left out."""
+    """Ranked rows (all groups, each group from rank 0) and the count of rows left out.
+    Reads no token column: the rank stage hands it rows without them
+    (``RunDir.completion_meta``, ``RunDir.score_numbers``)."""
     left_out: Counter[str] = Counter()
-    groups: dict[tuple[str, str], list[tuple[Completion, Score]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[tuple[Any, Any]]] = defaultdict(list)
     for key, c in completions.items():
         if c.error is not None:
             left_out["failed"] += 1

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import msgspec
 
 
 def _known_fields(cls: type, obj: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +178,11 @@ class Score:
     straddle: str | None = None     # context characters covered by a straddling ref token
     ref_token_logprobs: list[float] = field(default_factory=list)
     ref_tokens: list[str] = field(default_factory=list)
+    # The reference's tokens over the completion text as the report and the themes read them
+    # (heat.pieces_json): {"e": character end of each piece, "r": reference and "t": target
+    # log-probability}; None in rows written before it was kept (then computed from the
+    # completion row).
+    heat: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,3 +193,122 @@ class Score:
 
 
 SCORE_KEYS = ("ppl_diff", "nll_diff", "bpb_diff")
+
+
+class CompletionMeta(msgspec.Struct, gc=False):
+    """A completions row without its token columns: what ranking and counting read (a few
+    hundred bytes a row, where a :class:`Completion` with 100 tokens of top-5 log-probabilities
+    holds tens of kilobytes)."""
+
+    prefill_id: str
+    corpus: str
+    prefill: str
+    framing: str
+    text: str = ""
+    finish_reason: str | None = None
+    degraded: list[str] = msgspec.field(default_factory=list)
+    error: str | None = None
+    mode: str | None = None
+
+    @property
+    def row_key(self) -> str:
+        return f"{self.prefill_id}:{self.framing}"
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and not self.degraded
+
+
+class ScoreNumbers(msgspec.Struct, gc=False):
+    """A :class:`Score` without its per-token columns: the numbers a ranking needs."""
+
+    prefill_id: str
+    framing: str
+    corpus: str
+    alignment: str
+    n_target_tokens: int
+    n_ref_tokens: int
+    n_bytes: int
+    nll_target: float | None
+    nll_ref: float | None
+    ppl_target: float | None
+    ppl_ref: float | None
+    ppl_diff: float | None
+    nll_diff: float | None
+    bpb_target: float | None
+    bpb_ref: float | None
+    bpb_diff: float | None
+    straddle: str | None = None
+
+
+# -- compact columns ------------------------------------------------------------------------
+# A packed run directory (RunDir.pack) writes the per-token log-probabilities of a row in
+# float32's precision when every one of them is exactly a float32 (a llama.cpp or vLLM server
+# computes in float32; the reference scores in fp32): 9 significant digits instead of 17,
+# which read back as the same float32 and so, widened, as the very same double. The row
+# names those columns under "f32"; a reader that ignores the key (pandas, json) gets each
+# value within a float32 rounding of the original.
+NARROW_COLUMNS = {"logprobs": 1, "top_logprobs": 3, "ref_token_logprobs": 1}
+
+
+def _floats(values: list[Any], depth: int) -> list[float] | None:
+    """The floats of a column (nested ``depth`` lists deep; top logprobs are [token, lp]
+    pairs), in order; None when the column holds anything else where a float belongs."""
+    if depth == 1:
+        return values if all(type(v) is float for v in values) else None
+    out: list[float] = []
+    for v in values:
+        if depth == 3:
+            if not isinstance(v, list):
+                return None
+            for pair in v:
+                if not (isinstance(pair, list) and len(pair) == 2 and type(pair[1]) is float):
+                    return None
+                out.append(pair[1])
+    return out
+
+
+def _put(values: list[Any], depth: int, new: list[float]) -> list[Any]:
+    if depth == 1:
+        return new
+    it = iter(new)
+    return [[[tok, next(it)] for tok, _ in pos] for pos in values]
+
+
+def narrow(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with its float32-exact per-token columns written in float32's 9 digits,
+    listed under ``"f32"`` (:func:`widen` undoes it exactly)."""
+    done = []
+    out = obj
+    for name, depth in NARROW_COLUMNS.items():
+        col = obj.get(name)
+        if not col:
+            continue
+        xs = _floats(col, depth)
+        if xs is None:
+            continue
+        as32 = array("f", xs).tolist()
+        if as32 != xs:
+            continue
+        short = [float(f"{x:.9g}") for x in xs]
+        if out is obj:
+            out = dict(obj)
+        out[name] = _put(col, depth, short)
+        done.append(name)
+    if done:
+        out["f32"] = done
+    return out
+
+
+def widen(obj: dict[str, Any]) -> dict[str, Any]:
+    """A row as it was before :func:`narrow` (rows without ``"f32"`` come back as they are)."""
+    names = obj.pop("f32", None) if isinstance(obj, dict) else None
+    if not names:
+        return obj
+    for name in names:
+        depth = NARROW_COLUMNS.get(name)
+        col = obj.get(name)
+        xs = _floats(col, depth) if depth and col else None
+        if xs is not None:
+            obj[name] = _put(col, depth, array("f", xs).tolist())
+    return obj

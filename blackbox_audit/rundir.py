@@ -14,24 +14,69 @@ Everything written passes through the run's redactor.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
+import gzip
 import io
 import json
 import os
+import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from . import fastjson
 from .errors import ConfigError
 from .manifest import Manifest
 from .rank import RankedRow
-from .records import Completion, Score
+from .records import Completion, CompletionMeta, Score, ScoreNumbers, widen
 from .redact import Redactor
 from .transport.jsonl import SYNC, heal_torn_tail
+
+
+def packed_path(path: Path) -> Path:
+    """Where :meth:`RunDir.pack` puts a log's compressed rows: ``NAME.gz`` beside it."""
+    return path.with_name(path.name + ".gz")
+
+
+class _Key(msgspec.Struct):
+    prefill_id: str
+    framing: str
+    error: str | None = None
+
+
+_KEY = msgspec.json.Decoder(_Key)
+_SCORE_KEY = msgspec.json.Decoder(_Key)
+_META = msgspec.json.Decoder(CompletionMeta)
+_NUMBERS = msgspec.json.Decoder(ScoreNumbers)
+
+
+def _row_key(line: bytes) -> tuple[str, bool, bytes]:
+    """(row id, whether the row is a failure, the line) of a completions row, its token
+    columns skipped unread."""
+    try:
+        k = _KEY.decode(line)
+        return f"{k.prefill_id}:{k.framing}", k.error is not None, line
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        obj = fastjson.loads(line)      # not msgspec's JSON (a NaN): the stdlib's, or raise
+    if not isinstance(obj, dict) or not isinstance(obj.get("prefill_id"), str) \
+            or not isinstance(obj.get("framing"), str):
+        raise ConfigError("completions.jsonl holds a row that is not a completion (no "
+                          "prefill_id and framing).")
+    return f"{obj['prefill_id']}:{obj['framing']}", obj.get("error") is not None, line
+
+
+def _score_numbers(line: bytes) -> ScoreNumbers:
+    try:
+        return _NUMBERS.decode(line)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        s = Score.from_json(fastjson.loads(line))
+    return ScoreNumbers(**{k: getattr(s, k) for k in ScoreNumbers.__struct_fields__})
 
 
 class JsonlAppender:
@@ -61,21 +106,54 @@ class JsonlAppender:
             self._fh = None
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line is skipped, a bad line elsewhere is an error."""
+def _lines(path: Path) -> Iterator[bytes]:
+    """The lines of a plain or gzip-compressed (``.gz``) file, streamed."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as fh:
+            yield from fh
+    else:
+        with open(path, "rb") as fh:
+            yield from fh
+
+
+def _decoded(path: Path, decode: Any) -> Iterator[Any]:
+    """``decode(line)`` of each line, streamed: a torn last line (a killed writer) is skipped,
+    a bad line elsewhere is an error naming it."""
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for n, line in enumerate(lines, 1):
+    pending: tuple[int, Exception] | None = None
+    for n, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
+        if pending is not None:
+            raise _damaged(path, *pending)
         try:
-            yield fastjson.loads(line)
-        except ValueError as e:
-            if n >= len(lines) - 1:
-                continue
-            raise ConfigError(f"{path} line {n} is not JSON ({e}); the file was edited or "
-                              "damaged. Remove that line to go on.") from e
+            yield decode(line)
+        except (ValueError, msgspec.ValidationError) as e:
+            pending = (n, e)   # an error unless it is the last line
+
+
+def _damaged(path: Path, n: int, e: Exception) -> ConfigError:
+    return ConfigError(f"{path} line {n} is not JSON ({e}); the file was edited or "
+                       "damaged. Remove that line to go on.")
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL file (plain or ``.gz``), streamed; a torn last line is skipped, a bad
+    line elsewhere is an error."""
+    yield from _decoded(path, fastjson.loads)
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[io.TextIOWrapper]:
+    """A text file written beside ``path`` and moved over it once complete and fsync'd."""
+    tmp = path.with_name(path.name + ".tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -189,19 +267,97 @@ class RunDir:
         # with top logprobs was a tenth of the client's CPU per answer (bench/client.py).
         self._completions.append_line(fastjson.dumps(c.to_json()))
 
+    def log_files(self, path: Path) -> list[Path]:
+        """An append-only log's files in the order written: its packed part (``NAME.gz``,
+        :meth:`pack`), then what was appended since."""
+        return [p for p in (packed_path(path), path) if p.exists()]
+
+    def _rows(self, path: Path, decode: Any) -> Iterator[Any]:
+        for part in self.log_files(path):
+            yield from _decoded(part, decode)
+
+    def iter_completions(self, keys: Container[str] | None = None) -> Iterator[Completion]:
+        """Every row the target answered, the latest per (prefill, framing) (a failed row is
+        superseded by a later answer, never the reverse), streamed in the order written: one
+        row's token columns in memory at a time. ``keys``: only those rows (the others are
+        skipped without building their columns)."""
+        winners: dict[str, int] = {}
+        failed: dict[str, bool] = {}
+        for i, (key, error, _) in enumerate(self._rows(self.completions_path, _row_key)):
+            if key not in winners or failed[key] or not error:
+                winners[key], failed[key] = i, error
+        del failed
+        for i, (key, _, line) in enumerate(self._rows(self.completions_path, _row_key)):
+            if winners.get(key) == i and (keys is None or key in keys):
+                yield self._completion(line)
+
+    def _completion(self, line: bytes) -> Completion:
+        obj = widen(fastjson.loads(line))
+        try:
+            return Completion.from_json(obj)
+        except TypeError as e:
+            raise ConfigError(f"{self.completions_path} holds a row that is not a "
+                              f"completion ({e}).") from e
+
     def load_completions(self) -> dict[str, Completion]:
-        """Latest row per (prefill, framing): a failed row is superseded by a later answer."""
-        rows: dict[str, Completion] = {}
-        for obj in read_jsonl(self.completions_path):
+        """Latest row per (prefill, framing): a failed row is superseded by a later answer.
+        Every row's token columns at once: small runs and tests; stages stream
+        (:meth:`iter_completions`, :meth:`completion_meta`)."""
+        return {c.row_key: c for c in self.iter_completions()}
+
+    def completion_meta(self) -> dict[str, CompletionMeta]:
+        """Every row without its token columns (text, flags, why it failed), latest per
+        (prefill, framing) as :meth:`iter_completions` picks it: what ranking and counting
+        need, a few hundred bytes a row."""
+        rows: dict[str, CompletionMeta] = {}
+        for m in self.iter_meta():
+            prev = rows.get(m.row_key)
+            if prev is None or prev.error is not None or m.error is None:
+                rows[m.row_key] = m
+        return rows
+
+    def answered_keys(self) -> set[str]:
+        """The ids of the rows with an answer on disk (not only a failure): a resumed run
+        asks again for every other row."""
+        return {k for k, m in self._latest_state().items() if not m[0]}
+
+    def _latest_state(self) -> dict[str, tuple[bool, bool]]:
+        state: dict[str, tuple[bool, bool]] = {}   # id -> (failed, usable)
+        for m in self.iter_meta():
+            prev = state.get(m.row_key)
+            if prev is None or prev[0] or m.error is None:
+                state[m.row_key] = (m.error is not None, m.usable)
+        return state
+
+    def usable_keys(self) -> set[str]:
+        """The ids of the rows that can be scored (answered, not degraded), as
+        :meth:`iter_completions` picks each row's latest answer."""
+        return {k for k, (_, ok) in self._latest_state().items() if ok}
+
+    def iter_meta(self) -> Iterator[CompletionMeta]:
+        """Every completions row as written, without its token columns (a row answered
+        again after a failure comes twice: :meth:`completion_meta` keeps the one that
+        counts)."""
+        return self._rows(self.completions_path, self._meta)
+
+    def _meta(self, line: bytes) -> CompletionMeta:
+        try:
+            m = _META.decode(line)
+        except msgspec.DecodeError:
+            m = None
+        except msgspec.ValidationError:
+            m = None
+        if m is None:
+            obj = fastjson.loads(line)
             try:
                 c = Completion.from_json(obj)
             except TypeError as e:
                 raise ConfigError(f"{self.completions_path} holds a row that is not a "
                                   f"completion ({e}).") from e
-            prev = rows.get(c.row_key)
-            if prev is None or prev.error is not None or c.error is None:
-                rows[c.row_key] = c
-        return rows
+            m = CompletionMeta(c.prefill_id, c.corpus, c.prefill, c.framing, c.text,
+                               c.finish_reason, list(c.degraded), c.error, c.mode)
+        m.corpus, m.framing = sys.intern(m.corpus), sys.intern(m.framing)
+        return m
 
     # scores -------------------------------------------------------------------------------
     def append_score(self, ref_name: str, s: Score) -> None:
@@ -211,24 +367,47 @@ class RunDir:
                                                          self.redactor)
         app.append(s.to_json())
 
+    def iter_scores(self, ref_name: str, keys: Container[str] | None = None
+                    ) -> Iterator[Score]:
+        """The reference's scores with their per-token columns, streamed in the order written
+        (a row scored twice comes twice: the later one counts). ``keys``: only those rows."""
+        def decode(line: bytes) -> tuple[str, bytes]:
+            k = _SCORE_KEY.decode(line)
+            return f"{k.prefill_id}:{k.framing}", line
+
+        for key, line in self._rows(self.scores_path(ref_name), decode):
+            if keys is None or key in keys:
+                yield Score.from_json(widen(fastjson.loads(line)))
+
     def load_scores(self, ref_name: str) -> dict[str, Score]:
-        out = {}
-        for obj in read_jsonl(self.scores_path(ref_name)):
-            s = Score.from_json(obj)
+        """Every row's score with its per-token columns (small runs and tests; stages stream
+        :meth:`iter_scores` or hold :meth:`score_numbers`)."""
+        return {f"{s.prefill_id}:{s.framing}": s for s in self.iter_scores(ref_name)}
+
+    def score_numbers(self, ref_name: str) -> dict[str, ScoreNumbers]:
+        """Every row's aggregate scores without the per-token columns, by row id."""
+        out: dict[str, ScoreNumbers] = {}
+        for s in self._rows(self.scores_path(ref_name), _score_numbers):
             out[f"{s.prefill_id}:{s.framing}"] = s
         return out
 
+    def scored_keys(self, ref_name: str) -> set[str]:
+        """The ids of the rows this reference has scored."""
+        return {f"{k.prefill_id}:{k.framing}"
+                for k in self._rows(self.scores_path(ref_name), _SCORE_KEY.decode)}
+
     # ranking ------------------------------------------------------------------------------
     def write_ranked(self, rows: Iterable[RankedRow], columns: list[str]) -> None:
-        dicts = [r.to_json() for r in rows]
-        write_atomic(self.path / "ranked.jsonl",
-                     "".join(self.redactor.dumps(r) + "\n" for r in dicts))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-        w.writeheader()
-        for r in dicts:
-            w.writerow({k: self.redactor.text(str(r.get(k, ""))) for k in columns})
-        write_atomic(self.path / "ranked.csv", buf.getvalue())
+        """ranked.jsonl and ranked.csv, streamed to disk (atomically replaced)."""
+        path, csv_path = self.path / "ranked.jsonl", self.path / "ranked.csv"
+        redact = self.redactor.text
+        with _atomic(path) as jf, _atomic(csv_path) as cf:
+            w = csv.DictWriter(cf, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            for row in rows:
+                r = row.to_json()
+                jf.write(self.redactor.dumps(r) + "\n")
+                w.writerow({k: redact(str(r.get(k, ""))) for k in columns})
 
     @property
     def themes_path(self) -> Path:
@@ -256,8 +435,13 @@ class RunDir:
             raise ConfigError(f"{self.themes_path} is damaged ({e}); rank again with "
                               "blackbox-audit score RUN.") from e
 
+    def iter_ranked(self) -> Iterator[RankedRow]:
+        """ranked.jsonl's rows, streamed in the order written (each group in rank order)."""
+        for obj in read_jsonl(self.path / "ranked.jsonl"):
+            yield RankedRow.from_json(obj)
+
     def load_ranked(self) -> list[RankedRow]:
-        return [RankedRow.from_json(obj) for obj in read_jsonl(self.path / "ranked.jsonl")]
+        return list(self.iter_ranked())
 
     def close(self) -> None:
         self._completions.close()

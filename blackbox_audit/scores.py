@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 
 from .align import ScoringItem
+from .heat import pieces_json
 from .records import Completion, Score
 
 LN2 = math.log(2.0)
@@ -36,7 +37,7 @@ def score_row(c: Completion, item: ScoringItem, ref_logprobs: Sequence[float]) -
     target = [float(x) for x in c.logprobs if x is not None]
     nll_t, ppl_t, bpb_t = side(target, item.n_bytes)
     nll_r, ppl_r, bpb_r = side(ref_logprobs, item.n_bytes)
-    return Score(
+    s = Score(
         prefill_id=c.prefill_id, framing=c.framing, corpus=c.corpus, alignment=item.alignment,
         n_target_tokens=len(target), n_ref_tokens=len(ref_logprobs), n_bytes=item.n_bytes,
         nll_target=nll_t, nll_ref=nll_r, ppl_target=ppl_t, ppl_ref=ppl_r,
@@ -44,3 +45,5 @@ def score_row(c: Completion, item: ScoringItem, ref_logprobs: Sequence[float]) -
         bpb_target=bpb_t, bpb_ref=bpb_r, bpb_diff=bpb_r - bpb_t,
         straddle=item.straddle, ref_token_logprobs=[float(x) for x in ref_logprobs],
         ref_tokens=list(item.ref_tokens or []))
+    s.heat = pieces_json(c, s)
+    return s
