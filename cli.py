@@ -343,6 +343,9 @@ def _add_verify_parser(sub) -> None:
                    help="output tokens to judge at most (2000)")
     b.add_argument("--max-cost", type=float, metavar="USD",
                    help="stop once the estimated cost reaches this (needs a priced model)")
+    b.add_argument("--max-tokens", type=int, default=32,
+                   help="output tokens per prompt (32); part of the prompt set: a calibration "
+                        "must use the same")
     b.add_argument("--batch", type=int, default=8,
                    help="prompts generated before each scoring turn (8)")
     b.add_argument("--repeats", type=int, default=4,
@@ -565,10 +568,11 @@ def _dispatch(args: argparse.Namespace) -> int:
               f"{r.bytes / 1e6:.1f} MB)")
         return 0
     if args.command == "verify":
-        from blackbox_audit.verifier import describe
+        from blackbox_audit.verifier import PromptSet, describe
 
         vp = ba.verify_plan(
-            out=args.out, claimed=args.claimed, target=args.target, base_url=args.base_url,
+            out=args.out, claimed=args.claimed, prompts=PromptSet(max_tokens=args.max_tokens),
+            target=args.target, base_url=args.base_url,
             model=args.model or "", api_key_env=args.api_key_env, flavour=args.flavour,
             calibrate=args.calibrate, calibration=args.calibration,
             noise_floor=args.noise_floor, alpha=args.alpha,

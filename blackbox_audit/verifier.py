@@ -110,6 +110,7 @@ class VerifyPlan:
     repeats: int                         # repeated requests for the determinism check
     margins: tuple[tuple[str, float], ...] = ()
     order_seed: int = 0
+    collect: bool = False                # judged half, no test: a pool (bench/verify_power.py)
 
     @property
     def out(self) -> Path:
@@ -121,6 +122,7 @@ class VerifyPlan:
                 "noise_floor": self.noise_floor, "alpha": self.alpha,
                 "max_tokens_budget": self.max_tokens_budget, "max_cost": self.max_cost,
                 "batch": self.batch, "repeats": self.repeats, "margins": dict(self.margins),
+                "collect": self.collect,
                 "order_seed": self.order_seed}
 
 
@@ -131,7 +133,7 @@ def verify_plan(*, out: str | Path, claimed: str | None = None, target: str | No
                 alpha: float = 0.01, max_tokens_budget: int = 2000,
                 max_cost: float | None = None, batch: int = 8, repeats: int = 4,
                 margins: dict[str, float] | None = None, prompts: PromptSet | None = None,
-                order_seed: int = 0, record_mode: str = "auto",
+                order_seed: int = 0, collect: bool = False, record_mode: str = "auto",
                 fixtures: str | Path | None = None, device: str | None = None,
                 concurrency: int = 4, timeout: float = 120.0, retries: int = 3,
                 pricing: str | None = None, quiet: bool = False,
@@ -161,7 +163,9 @@ def verify_plan(*, out: str | Path, claimed: str | None = None, target: str | No
     if calibrate and cal is not None:
         raise ConfigError("--calibrate makes this run a calibration; it cannot also take "
                           "--calibration RUN.")
-    if not calibrate and cal is None and noise_floor is None:
+    if collect and (calibrate or cal is not None):
+        raise ConfigError("collect gathers the judged half without a test: no calibration.")
+    if not calibrate and not collect and cal is None and noise_floor is None:
         raise ConfigError(
             "verify needs a null to compare the endpoint with: --calibration RUN (a verify "
             "--calibrate run of a known-good serving of the claimed weights, e.g. llama-server "
@@ -184,7 +188,8 @@ def verify_plan(*, out: str | Path, claimed: str | None = None, target: str | No
                       noise_floor=float(noise_floor) if noise_floor is not None else None,
                       alpha=alpha, max_tokens_budget=max_tokens_budget, max_cost=max_cost,
                       batch=batch, repeats=repeats,
-                      margins=tuple(sorted((margins or {}).items())), order_seed=order_seed)
+                      margins=tuple(sorted((margins or {}).items())), order_seed=order_seed,
+                      collect=collect)
 
 
 # -- the prompt set -------------------------------------------------------------------------
@@ -331,7 +336,9 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
     p = vp.audit
     spec = p.scoring.reference
     doc_path = run.path / "verify.json"
+    testing = not vp.calibrate and not vp.collect
     settings = {"prompt_set": vp.prompts.to_json(), "calibrate": vp.calibrate,
+                "collect": vp.collect,
                 "claimed": {"name": spec.name, "path": spec.path, "gguf_file": spec.gguf_file},
                 "model": p.generation.model, "order_seed": vp.order_seed}
     if doc_path.exists():
@@ -343,7 +350,7 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
     # the calibration first: a bad one fails before anything is sent
     calibration = None
     cal_info: dict[str, Any] | None = None
-    if not vp.calibrate:
+    if testing:
         cal_stats: list[PromptStats] = []
         if vp.calibration is not None:
             cal_stats, cal_info = load_calibration(vp, spec.name)
@@ -371,17 +378,26 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
                           "table; pass --pricing FILE).")
     info: dict[str, Any] = {}
 
+    anchor = order[0]
+
     def generate(todo: list[GenerationRequest]) -> None:
+        """One generation turn. ``send`` preflights with a 2-token version of its first
+        request: always the run's first prompt (answered from the recording after the first
+        turn), so a later turn cannot be refused for a prompt that ends at once."""
         nonlocal info
-        if todo:
-            info = asyncio.run(send(p.endpoint, p.generation, todo, run, stats_io,
-                                    quiet=True)) or info
+        if not todo:
+            return
+        if todo[0].row_key != anchor.row_key:
+            todo = [anchor, *[r for r in todo if r.row_key != anchor.row_key]]
+        info = asyncio.run(send(p.endpoint, p.generation, todo, run, stats_io,
+                                quiet=True)) or info
 
     prompt_log = run.path / "verify_prompts.jsonl"
     write_atomic(prompt_log, "")   # rewritten from the completions on every run: derived
     used: list[PromptStats] = []
     served_all: list[list[ServedToken]] = []
     skipped: dict[str, int] = {}
+    prompt_counts = [0, 0, []]           # rows with usage, rows whose prompt count differs
     degraded: dict[str, int] = {}
     verdict: Verdict | None = None
     tokens = 0
@@ -408,9 +424,8 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
                     why = "no token ids" if not c.token_ids else "logprob count"
                     skipped[why] = skipped.get(why, 0) + 1
                     continue
-                try:
-                    item = align_ids(view, c)
-                except AlignmentError:
+                item = _align(view, c, prompt_counts)
+                if item is None:
                     skipped["misaligned"] = skipped.get("misaligned", 0) + 1
                     continue
                 rows.append((r, c, item, served_tokens(c, vocab)))
@@ -434,22 +449,24 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
                                "served_logprob": [e.served_logprob for e in ev],
                                "claimed_logprob": [round(e.claimed_logprob, 6) for e in ev],
                                "claimed_rank": [e.claimed_rank for e in ev]}}) + "\n")
-                if not vp.calibrate and verdict is None:
+                if testing and verdict is None:
                     verdict = test.update(ps)
             log_fh.flush()
             cost = pricer.cost(stats_io.prompt_tokens, stats_io.completion_tokens)
             spent_cost = vp.max_cost is not None and cost is not None and cost >= vp.max_cost
             if verdict is not None or spent_cost or tokens >= vp.max_tokens_budget:
                 break
-    if not vp.calibrate and verdict is None:
+    if testing and verdict is None:
         verdict = test.verdict()
     if not used:
         raise EndpointError(
             f"No prompt gave usable evidence ({skipped or 'nothing answered'}): verify needs "
             "token ids and log-probabilities from the endpoint (llama.cpp's server and vLLM "
             "return ids; see docs/verify.md). Everything is kept in " + str(run.path) + ".")
-    honesty = honesty_checks(vp, run, order, done, served_all, generate, info, vocab)
-    outcome = "calibrated" if vp.calibrate else outcome_of(verdict, honesty)
+    honesty = [*honesty_checks(vp, run, order, done, served_all, generate, info, vocab),
+               check_prompt_tokens(*prompt_counts)]
+    outcome = ("calibrated" if vp.calibrate else "collected" if vp.collect
+               else outcome_of(verdict, honesty))
     report = {
         **settings, "tool": "blackbox-audit verify", "settings": vp.settings_json(),
         "prompts_digest": digest([r.prefill.id for r in order]),
@@ -471,6 +488,38 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
     }
     write_atomic(doc_path, run.redactor.dumps(report, indent=2) + "\n")
     return VerifyResult(run.path, outcome, verdict, honesty, used, report)
+
+
+def _align(view: TokenizerView, c: Completion, counts: list) -> Any:
+    """The claimed model's sequence for a row (exact ids), counting rows whose endpoint says
+    it saw another number of prompt tokens than the claimed tokenizer gives: such a row is
+    still scored on the prompt as sent (what the endpoint claims to have continued), and the
+    count is an honesty check (an injected system prompt or prefix shows here first)."""
+    if c.prompt_tokens is not None:
+        counts[0] += 1
+    try:
+        return align_ids(view, c)
+    except AlignmentError as e:
+        if c.prompt_tokens is None or "prompt tokens" not in str(e):
+            return None
+        counts[1] += 1
+        if len(counts[2]) < 5:
+            counts[2].append({"key": c.prefill_id, "detail": str(e)})
+        try:
+            return align_ids(view, replace(c, prompt_tokens=None))
+        except AlignmentError:
+            return None
+
+
+def check_prompt_tokens(n: int, failed: int, examples: list) -> HonestyCheck:
+    """The endpoint's ``usage.prompt_tokens`` equals the claimed tokenizer's count of the
+    prompt sent (with or without BOS)."""
+    return HonestyCheck(
+        "prompt_tokens", None if n == 0 else failed == 0, n, failed,
+        f"{failed} of {n} answers counted another number of prompt tokens than the prompt "
+        "sent has" if failed else f"prompt token counts match at all {n} answers"
+        if n else "not checked: the endpoint reports no prompt token counts",
+        {"examples": examples})
 
 
 def _null_summary(cal: Calibration) -> dict[str, Any]:
