@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .plan import PriceTable
+    from .transport import LedgerTotals
 
 COUNTS = ("sent", "replayed", "retried", "failed")
 
@@ -56,8 +57,14 @@ def session_requests(stats_json: dict[str, Any], pricer: Pricer) -> dict[str, An
                                                   tokens.get("completion", 0))}
 
 
-def run_totals(sessions: list[dict[str, Any]], pricer: Pricer) -> dict[str, Any]:
-    """Every session of the run added up: what the whole run sent, retried, lost and cost."""
+def run_totals(sessions: list[dict[str, Any]], pricer: Pricer,
+               ledger: LedgerTotals | None = None) -> dict[str, Any]:
+    """Every session of the run added up: what the whole run sent, retried, lost and cost.
+
+    A session killed with ``kill -9`` never wrote its counts, so where the run has an attempt
+    ledger (transport.ledger: each attempt written down before it left) the attempts sent and
+    the tokens paid for come from it, and the sessions' sums stay beside it as ``sessions_*``
+    for what the ledger does not know (answers replayed from fixtures, retries)."""
     totals: dict[str, Any] = {k: 0 for k in COUNTS}
     prompt = completion = 0
     for s in sessions:
@@ -68,6 +75,13 @@ def run_totals(sessions: list[dict[str, Any]], pricer: Pricer) -> dict[str, Any]
         prompt += int(tokens.get("prompt") or 0)
         completion += int(tokens.get("completion") or 0)
     totals["sessions"] = len(sessions)
+    if ledger is not None and ledger.sent:
+        totals["sessions_sent"] = totals["sent"]
+        totals["sent"] = ledger.sent
+        totals["answered"] = ledger.answered
+        totals["possibly_billed"] = ledger.possibly_billed
+        totals["ledger"] = ledger.to_json()
+        prompt, completion = ledger.prompt_tokens, ledger.completion_tokens
     totals["tokens"] = {"prompt": prompt, "completion": completion}
     totals["cost"] = pricer.describe(prompt, completion)
     return totals

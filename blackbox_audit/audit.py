@@ -57,7 +57,7 @@ from .scorer import Scorer
 from .scores import score_row
 from .themes import settings as theme_settings
 from .themes import themes_by_group
-from .transport import FixtureStore, TransportStats, build_client
+from .transport import AttemptLedger, FixtureStore, TransportStats, build_client, ledger_totals
 
 T = TypeVar("T")
 
@@ -196,7 +196,8 @@ def generate(plan: Plan, run: RunDir) -> Manifest:
                                   "status": status, "requests": requests_now,
                                   "generation_seconds": seconds}]
         return m.updated(requests=requests_now, generation_seconds=seconds, sessions=sessions,
-                         accounting=run_totals(sessions, pricer))
+                         accounting=run_totals(sessions, pricer,
+                                               ledger_totals(run.attempts_path)))
 
     endpoint_info = manifest.endpoint
     if todo:  # a finished run re-ranks without touching the network
@@ -234,59 +235,65 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
     limiter = AdaptiveLimiter(e.concurrency, e.start_concurrency)
     pricer = Pricer(g.model, e.prices)
     info: dict[str, Any] = {}
-    async with build_client(e.base_url or "http://replay.invalid/v1", mode=e.record_mode,
-                            store=store, headers=headers, timeout=e.timeout, stats=stats,
-                            retry=e.retry, feedback=limiter, usage=target.adapter.usage,
-                            max_connections=e.concurrency) as client:
-        # Preflight: the same 2-token version of the first request the run has always sent
-        # (so recorded runs replay), plus a prefill check when the run relies on one.
-        first = todo[0]
-        sample = GenerationRequest(first.prefill, first.framing, 2, first.top_logprobs,
-                                   prompt=first.prompt, messages=first.messages)
-        provider, report = await run_preflight(
-            target, client, key, planned=list(g.framings), warnings=[],
-            chat_mode=g.chat_mode, reference_only=e.reference_only,
-            top_logprobs=g.top_logprobs, sample=sample,
-            rows_per_framing=len(todo) // max(len(g.framings), 1), max_tokens=g.max_tokens,
-            prices=e.prices, for_audit=True, token_ids=e.token_ids,
-            offline=e.record_mode == "replay")
-        info.update(flavour=report.target.get("flavour") or target.kind,
-                    capabilities=provider.capabilities.to_json(), preflight=report.to_json())
-        if report.refusal:
-            raise EndpointError(report.refusal + " Nothing more was sent.")
-        if e.verify_prompts:
-            echo = report.confirmed.get("echo", "not offered by this endpoint")
-            if not echo.startswith("yes"):
-                raise EndpointError(
-                    f"--verify-prompts needs the endpoint to echo the prompt back with its "
-                    f"tokens, and this one cannot ({echo}; offered by vLLM, Together and "
-                    "Fireworks). Run without --verify-prompts. Nothing more was sent.")
-            provider = provider.with_options(echo_prompts=True)
-        log(quiet, report.summary())
-        progress = Progress("generation", len(todo), quiet=quiet)
-        failed = 0
+    # Every network attempt is written down before it leaves: the accounting survives a kill.
+    ledger = AttemptLedger(run.attempts_path) if e.record_mode != "replay" else None
+    try:
+        async with build_client(e.base_url or "http://replay.invalid/v1", mode=e.record_mode,
+                                store=store, headers=headers, timeout=e.timeout, stats=stats,
+                                retry=e.retry, feedback=limiter, usage=target.adapter.usage,
+                                max_connections=e.concurrency, ledger=ledger) as client:
+            # Preflight: the same 2-token version of the first request the run has always sent
+            # (so recorded runs replay), plus a prefill check when the run relies on one.
+            first = todo[0]
+            sample = GenerationRequest(first.prefill, first.framing, 2, first.top_logprobs,
+                                       prompt=first.prompt, messages=first.messages)
+            provider, report = await run_preflight(
+                target, client, key, planned=list(g.framings), warnings=[],
+                chat_mode=g.chat_mode, reference_only=e.reference_only,
+                top_logprobs=g.top_logprobs, sample=sample,
+                rows_per_framing=len(todo) // max(len(g.framings), 1), max_tokens=g.max_tokens,
+                prices=e.prices, for_audit=True, token_ids=e.token_ids,
+                offline=e.record_mode == "replay")
+            info.update(flavour=report.target.get("flavour") or target.kind,
+                        capabilities=provider.capabilities.to_json(), preflight=report.to_json())
+            if report.refusal:
+                raise EndpointError(report.refusal + " Nothing more was sent.")
+            if e.verify_prompts:
+                echo = report.confirmed.get("echo", "not offered by this endpoint")
+                if not echo.startswith("yes"):
+                    raise EndpointError(
+                        f"--verify-prompts needs the endpoint to echo the prompt back with its "
+                        f"tokens, and this one cannot ({echo}; offered by vLLM, Together and "
+                        "Fireworks). Run without --verify-prompts. Nothing more was sent.")
+                provider = provider.with_options(echo_prompts=True)
+            log(quiet, report.summary())
+            progress = Progress("generation", len(todo), quiet=quiet)
+            failed = 0
 
-        async def call(req: GenerationRequest) -> Completion:
+            async def call(req: GenerationRequest) -> Completion:
+                try:
+                    # the provider withholds a row whose content held a secret (quality.py)
+                    return await provider.generate(req)
+                except RequestFailed as err:  # this row only; retries are behind us (transport)
+                    return Completion.failed(req, redactor.text(str(err)))
+
+            def done(req: GenerationRequest, c: Completion) -> None:
+                nonlocal failed
+                failed += c.error is not None
+                run.append_completion(c)
+                progress.update(advance=1, failed=failed, retries=stats.retried,
+                                in_flight=limiter.in_flight,
+                                tokens=stats.prompt_tokens + stats.completion_tokens,
+                                cost_usd=pricer.cost(stats.prompt_tokens, stats.completion_tokens))
+
             try:
-                # the provider withholds a row whose content held a secret (quality.py)
-                return await provider.generate(req)
-            except RequestFailed as err:  # this row only; retries are behind us (transport)
-                return Completion.failed(req, redactor.text(str(err)))
-
-        def done(req: GenerationRequest, c: Completion) -> None:
-            nonlocal failed
-            failed += c.error is not None
-            run.append_completion(c)
-            progress.update(advance=1, failed=failed, retries=stats.retried,
-                            in_flight=limiter.in_flight,
-                            tokens=stats.prompt_tokens + stats.completion_tokens,
-                            cost_usd=pricer.cost(stats.prompt_tokens, stats.completion_tokens))
-
-        try:
-            await run_all(todo, call, done, limiter)
-        finally:
-            info["concurrency"] = limiter.to_json()
-        progress.finish(failed=failed, retries=stats.retried)
+                await run_all(todo, call, done, limiter)
+            finally:
+                info["concurrency"] = limiter.to_json()
+            progress.finish(failed=failed, retries=stats.retried)
+    finally:
+        if ledger is not None:
+            ledger.close()
     return info
 
 

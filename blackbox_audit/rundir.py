@@ -237,6 +237,11 @@ class RunDir:
     def exchanges_path(self) -> Path:
         return self.path / "exchanges.jsonl"
 
+    @property
+    def attempts_path(self) -> Path:
+        """Every network attempt, written before it left (transport.AttemptLedger)."""
+        return self.path / "attempts.jsonl"
+
     def scores_path(self, ref_name: str) -> Path:
         return self.path / f"scores.{ref_name}.jsonl"
 

@@ -23,6 +23,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: Any
+    raw: bytes = b""          # the body's bytes as they arrived
 
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -53,7 +54,7 @@ class StubServer:
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
                 req = Seen(self.command, self.path, {k.lower(): v for k, v in
-                                                     self.headers.items()}, body)
+                                                     self.headers.items()}, body, raw)
                 with stub._lock:
                     stub.seen.append(req)
                 status, headers, data = stub.answer(req)

@@ -5,7 +5,7 @@ fixture, or after three retries is decided here, in transports stacked around th
 (:func:`build_client`):
 
     RecordReplayTransport(mode, store)         replay.py   (keys.py, store.py)
-      -> RetryTransport(policy, feedback)      retry.py
+      -> RetryTransport(policy, feedback)      retry.py    (ledger.py: each attempt on disk)
         -> ShardedTransport                    pool.py     (httpx.AsyncHTTPTransport shards)
 
 The transport knows no provider: it sees requests and answers only. What it counts
@@ -16,6 +16,7 @@ crash-safe JSON-lines appends the fixture store and the run directory share.
 from .client import build_client
 from .jsonl import SYNC, BackgroundSync, heal_torn_tail
 from .keys import canonical_body, key_digest, relative_path, request_key
+from .ledger import AttemptLedger, LedgerTotals, body_digest, ledger_totals, read_ledger
 from .pool import ShardedTransport
 from .replay import MODES, RecordReplayTransport
 from .retry import (
@@ -34,9 +35,10 @@ from .stats import TransportStats, UsageReader
 from .store import Exchange, FixtureStore
 
 __all__ = [
-    "JSON_EXTENSION", "MAX_BODY_BYTES", "MODES", "SYNC", "BackgroundSync", "Exchange",
-    "FixtureStore", "LoadFeedback", "OversizedBody", "RecordReplayTransport", "RetryHints",
-    "RetryPolicy", "RetryTransport", "RetryableStatus", "ShardedTransport", "TransportStats",
-    "TruncatedBody", "UsageReader", "build_client", "canonical_body", "heal_torn_tail",
-    "key_digest", "relative_path", "request_key", "retry_after_seconds",
+    "JSON_EXTENSION", "MAX_BODY_BYTES", "MODES", "SYNC", "AttemptLedger", "BackgroundSync",
+    "Exchange", "FixtureStore", "LedgerTotals", "LoadFeedback", "OversizedBody",
+    "RecordReplayTransport", "RetryHints", "RetryPolicy", "RetryTransport", "RetryableStatus",
+    "ShardedTransport", "TransportStats", "TruncatedBody", "UsageReader", "body_digest",
+    "build_client", "canonical_body", "heal_torn_tail", "key_digest", "ledger_totals",
+    "read_ledger", "relative_path", "request_key", "retry_after_seconds",
 ]

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import httpx
 
+from .ledger import AttemptLedger
 from .pool import ShardedTransport
 from .replay import RecordReplayTransport
 from .retry import LoadFeedback, RetryPolicy, RetryTransport
@@ -23,12 +24,14 @@ def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None
                  network: httpx.AsyncBaseTransport | None = None,
                  max_connections: int = 64,
                  feedback: LoadFeedback | None = None,
-                 usage: UsageReader | None = None) -> httpx.AsyncClient:
+                 usage: UsageReader | None = None,
+                 ledger: AttemptLedger | None = None) -> httpx.AsyncClient:
     """The one httpx client of a run: record/replay over retries over the network.
 
     ``timeout`` bounds each attempt in all (the retry policy's ``attempt_timeout`` unless it
     sets its own); ``feedback`` (a concurrency controller) hears how each attempt went;
-    ``usage`` reads each answer's tokens for ``stats`` (the endpoint adapter's ``usage``).
+    ``usage`` reads each answer's tokens for ``stats`` (the endpoint adapter's ``usage``);
+    ``ledger`` writes down every network attempt before it is sent (ledger.py).
     """
     stats = stats or TransportStats()
     retry = retry or RetryPolicy()
@@ -37,7 +40,7 @@ def build_client(base_url: str, *, mode: str = "off", store: FixtureStore | None
     inner: httpx.AsyncBaseTransport | None = None
     if mode != "replay":
         net = network or ShardedTransport(max_connections)
-        inner = RetryTransport(net, retry, stats, feedback)
+        inner = RetryTransport(net, retry, stats, feedback, ledger=ledger, usage=usage)
     base_path = httpx.URL(base_url).path
     transport = RecordReplayTransport(inner, mode, store, base_path, stats, usage)
     return httpx.AsyncClient(base_url=base_url, transport=transport, headers=headers or {},

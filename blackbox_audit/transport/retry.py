@@ -17,7 +17,8 @@ import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from .. import fastjson
-from .stats import TransportStats
+from .ledger import TIMEOUT, AttemptLedger
+from .stats import TransportStats, UsageReader
 
 T = TypeVar("T")
 
@@ -217,8 +218,11 @@ class RetryTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, inner: httpx.AsyncBaseTransport, policy: RetryPolicy | None = None,
                  stats: TransportStats | None = None, feedback: LoadFeedback | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES):
+                 max_body_bytes: int = MAX_BODY_BYTES, ledger: AttemptLedger | None = None,
+                 usage: UsageReader | None = None):
         self.inner = inner
+        self.ledger = ledger
+        self.usage = usage
         self.max_body_bytes = max_body_bytes
         self.policy = policy or RetryPolicy()
         if self.policy.attempt_timeout is None:
@@ -263,6 +267,35 @@ class RetryTransport(httpx.AsyncBaseTransport):
         raise AssertionError("unreachable: tenacity either returned or raised")
 
     async def _attempt(self, request: httpx.Request, content: bytes) -> httpx.Response:
+        """One attempt, written down in the ledger before it leaves and when it ends (an
+        attempt cancelled or killed in flight has no end: possibly billed)."""
+        if self.ledger is None:
+            return await self._attempt_once(request, content)
+        n = self.ledger.sent(content)
+        outcome, tokens = "cancelled", None
+        try:
+            response = await self._attempt_once(request, content)
+            outcome = str(response.status_code)
+            parsed = response.extensions.get(JSON_EXTENSION)
+            if parsed is not None and self.usage is not None:
+                tokens = self.usage(parsed)
+            return response
+        except RetryableStatus as e:
+            outcome = str(e.response.status_code)
+            raise
+        except TruncatedBody as e:
+            outcome = str(e.response.status_code)
+            raise
+        except httpx.TimeoutException:
+            outcome = TIMEOUT
+            raise
+        except httpx.TransportError as e:
+            outcome = type(e).__name__
+            raise
+        finally:
+            self.ledger.ended(n, outcome, tokens)
+
+    async def _attempt_once(self, request: httpx.Request, content: bytes) -> httpx.Response:
         started = time.monotonic()
         self.stats.sent += 1
         limit = self.policy.attempt_timeout

@@ -39,7 +39,7 @@ class TransportStats:
         if tokens is None:
             self.answers_without_usage += 1
             return
-        prompt, completion = _int(tokens[0]), _int(tokens[1])
+        prompt, completion = positive_int(tokens[0]), positive_int(tokens[1])
         if replayed:
             self.replayed_prompt_tokens += prompt
             self.replayed_completion_tokens += completion
@@ -56,5 +56,6 @@ class TransportStats:
                 "answers_without_usage": self.answers_without_usage}
 
 
-def _int(x: Any) -> int:
+def positive_int(x: Any) -> int:
+    """A token count as an API reported it: a positive integer, else 0."""
     return x if isinstance(x, int) and not isinstance(x, bool) and x > 0 else 0
