@@ -182,7 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "log-probabilities (default: the run's latest reference)")
     rp.add_argument("--token-rows", type=int, metavar="N",
                     help="keep per-token data for the top N rows of each (corpus, framing) "
-                         "only, for a smaller file (default: every row)")
+                         "only, for a smaller file (default: every row shown whole)")
+    rp.add_argument("--text-rows", type=int, metavar="N",
+                    help="show the top N rows of each (corpus, framing) whole (text and "
+                         "tokens) and the rest as numbers (default: every row up to 20,000 "
+                         "distinct rows, else the top 200)")
+    rp.add_argument("--row", action="append", default=[], metavar="ID",
+                    help="also show this row whole wherever it ranks (prefill_id:framing; "
+                         "repeatable)")
 
     _add_verify_parser(sub)
 
@@ -425,14 +432,18 @@ def _spec(path: str | None):
     return OrganismSpec.load(path) if path else None
 
 
-def _ranked(run: str):
+def _ranked(run: str, stream: bool = False):
+    """The run's ranked rows (``stream``: an iterator, one row in memory at a time)."""
+    import itertools
+
     from blackbox_audit.errors import ConfigError
     from blackbox_audit.rundir import RunDir
 
-    ranked = RunDir(run).load_ranked()
-    if not ranked:
+    rows = RunDir(run).iter_ranked()
+    first = next(rows, None)
+    if first is None:
         raise ConfigError(f"{run} has no ranked.jsonl; run audit or score first.")
-    return ranked
+    return itertools.chain([first], rows) if stream else [first, *rows]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -550,7 +561,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         spec = _spec(args.spec)   # a bad spec fails before anything is read
-        metrics = ba.evaluate(_ranked(args.run), spec)
+        metrics = ba.evaluate(_ranked(args.run, stream=True), spec)
         presentation.eval_table(metrics, as_json=args.json)
         return 0
     if args.command == "show":
@@ -563,7 +574,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         from blackbox_audit.report import render
 
-        r = render(args.run, _spec(args.spec), args.reference, args.token_rows, args.out)
+        r = render(args.run, _spec(args.spec), args.reference, args.token_rows, args.out,
+                   text_rows=args.text_rows, rows=args.row)
         print(f"report: {r.path} ({r.rows} rows, {r.rows_with_tokens} with per-token data, "
               f"{r.bytes / 1e6:.1f} MB)")
         return 0

@@ -40,7 +40,7 @@ from .framing import (
     continue_messages,
     render_prompt,
 )
-from .heat import GapStore, token_gaps
+from .heat import GapStore, pieces_fit, token_gaps
 from .manifest import Counts, Manifest
 from .noise import combine, sample_keys, self_floor
 from .plan import EndpointPlan, GenerationPlan, Plan, ScoringPlan, scoring_plan
@@ -267,6 +267,14 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
                         "Fireworks). Run without --verify-prompts. Nothing more was sent.")
                 provider = provider.with_options(echo_prompts=True)
             log(quiet, report.summary())
+            if e.record_mode != "replay":   # offline, the window is moot
+                slots = await provider.server_slots()
+                if slots is not None:
+                    info["server_slots"] = slots
+                    if slots < limiter.cap:
+                        log(quiet, f"the server computes {slots} requests at once (its "
+                                   f"/props): at most {slots} in flight, not {limiter.cap}")
+                        limiter.cap_at(slots)
             progress = Progress("generation", len(todo), quiet=quiet)
             failed = 0
 
@@ -440,7 +448,7 @@ def gap_store(run: RunDir, ref_name: str, ranked: list[RankedRow]) -> GapStore:
     """The ranked rows' per-token gaps, streamed from the scores into a temporary file
     (heat.GapStore): from the pieces each score row keeps; for rows scored by an earlier
     version (no pieces), from their completion's token columns."""
-    wanted = {r.row_id for r in ranked}
+    wanted = {r.row_id: r for r in ranked}
     store = GapStore()
     older: dict[str, Any] = {}
     for sc in run.iter_scores(ref_name, keys=wanted):
@@ -449,7 +457,8 @@ def gap_store(run: RunDir, ref_name: str, ranked: list[RankedRow]) -> GapStore:
             older[key] = sc
         else:
             older.pop(key, None)
-            store.add(key, token_gaps(None, sc))
+            fits = pieces_fit(sc, wanted[key].completion or "")
+            store.add(key, token_gaps(None, sc) if fits else None)
     if older:
         for c in run.iter_completions(keys=older.keys()):
             store.add(c.row_key, token_gaps(c, older[c.row_key]))

@@ -10,11 +10,12 @@ the earliest first flag, as the paper reports "best single configuration per mod
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .flag import OrganismSpec, flagged_ids
-from .rank import RankedRow, groups
+from .flag import OrganismSpec
+from .rank import RankedRow
 
 
 @dataclass
@@ -35,15 +36,21 @@ class GroupMetrics:
         return (-self.count_top100, -self.count_top10, first, self.corpus, self.framing)
 
 
-def evaluate(ranked: list[RankedRow], spec: OrganismSpec) -> list[GroupMetrics]:
-    """Metrics of every (corpus, framing) group of a ranking, best first."""
-    flagged = flagged_ids(ranked, spec)
+def evaluate(ranked: Iterable[RankedRow], spec: OrganismSpec) -> list[GroupMetrics]:
+    """Metrics of every (corpus, framing) group of a ranking, best first. ``ranked`` may be
+    a stream (``RunDir.iter_ranked``): each row is flagged as it passes and only its rank and
+    flag are kept."""
+    per_group: dict[tuple[str, str], list[tuple[int, bool]]] = {}
+    for r in ranked:
+        per_group.setdefault((r.corpus, r.framing), []).append(
+            (r.rank, spec.matches(r.completion or "")))
     out = []
-    for (corpus, framing), rows in groups(ranked).items():
-        hits = [r.rank for r in rows if r.row_id in flagged]
+    for (corpus, framing), rows in per_group.items():
+        rows.sort()
+        hits = [rank for rank, flag in rows if flag]
         out.append(GroupMetrics(
             corpus=corpus, framing=framing, n_ranked=len(rows),
-            count_top10=sum(1 for r in rows[:10] if r.row_id in flagged),
-            count_top100=sum(1 for r in rows[:100] if r.row_id in flagged),
+            count_top10=sum(flag for _, flag in rows[:10]),
+            count_top100=sum(flag for _, flag in rows[:100]),
             first_flag_rank=hits[0] if hits else None, n_flagged=len(hits)))
     return sorted(out, key=GroupMetrics.sort_key)

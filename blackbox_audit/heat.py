@@ -8,6 +8,7 @@ result as a heatmap (``token_heat``); the themes weigh phrases by it (``token_ga
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from array import array
 from typing import Any, NamedTuple
@@ -117,7 +118,23 @@ def pieces_json(c: Completion, s: Score) -> dict[str, Any] | None:
         return None
     pieces, approx = found
     return {"e": [p.end for p in pieces], "r": [round(p.ref, 4) for p in pieces],
-            "t": [round(p.target, 4) for p in pieces], **({"approx": True} if approx else {})}
+            "t": [round(p.target, 4) for p in pieces], "h": text_digest(c.text),
+            **({"approx": True} if approx else {})}
+
+
+def text_digest(text: str) -> str:
+    """Which text the stored pieces index (16 hex digits): a text shown with a secret cut out
+    of it, or edited, is another text, and its pieces are not used."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def pieces_fit(s: Score, text: str) -> bool:
+    """Whether ``s``'s stored pieces index ``text`` (rows without a digest: by length)."""
+    h = s.heat or {}
+    if "h" in h:
+        return h["h"] == text_digest(text)
+    ends = h.get("e") or [0]
+    return ends[-1] == len(text)
 
 
 def stored_pieces(s: Score) -> tuple[list[TokenPiece], bool] | None:

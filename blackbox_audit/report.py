@@ -31,7 +31,7 @@ import hashlib
 import html
 import math
 import time
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from typing import Any
 from . import fastjson
 from .errors import ConfigError
 from .flag import OrganismSpec, flagged_ids, summary_lines
-from .heat import token_heat
+from .heat import pieces_fit, token_heat
 from .manifest import Manifest
 from .rank import RankedRow, groups
 from .rundir import RunDir, write_atomic
@@ -138,6 +138,174 @@ def theme_data(ranked: list[RankedRow], found: dict[tuple[str, str], list[Theme]
                                 "rows": t.rows, "total": t.total, "score": round(t.score, 2)}
                                for t in ts]})
     return out
+
+
+# -- the page's rows, streamed ------------------------------------------------------------
+# Past FULL_ROWS distinct rows a page carrying every row's text and tokens stops opening
+# comfortably (issue 16: 118 MB at 60,000 rows). Then the top TEXT_ROWS of each ranking come
+# whole (text, per-token data) and every other row as numbers only, in columns: its place,
+# scores and flag, enough to sort, filter and chart; its text is one command away
+# (``report RUN --row ID``, or ranked.jsonl).
+FULL_ROWS = 20_000
+TEXT_ROWS = 200
+LITE_DIGITS = 4
+
+
+@dataclass
+class _Entry:
+    rank: int
+    index: int          # line of ranked.jsonl
+    digest: bytes
+    id: str
+    group: int
+    flag: bool | None
+    scores: tuple[float | None, ...]
+    n: int | None
+    finish: str | None
+    th: tuple[int, ...] | None
+    copies: int = 1
+
+
+@dataclass
+class PageRows:
+    full: list[dict[str, Any]]          # rows with text (and per-token data where kept)
+    lite: dict[str, Any] | None         # the other rows, numbers only, in columns
+    with_tokens: int
+    n_ranked: int
+    n_distinct: int
+    groups: list[tuple[str, str]]
+    top: list[RankedRow]                # the first 10 of each ranking (the spec summary)
+    rank_key: str
+    reference_only: bool
+    chart_rows: list[dict[str, Any]]
+
+
+def _digest(row: RankedRow) -> bytes:
+    text = " ".join((row.completion or "").split())
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def page_rows(run: RunDir, ref: str | None, spec: OrganismSpec | None,
+              flagged: frozenset[str] | None, themes: dict[tuple[str, str], list[Theme]],
+              token_rows: int | None = None, text_rows: int | None = None,
+              extra: frozenset[str] = frozenset()) -> PageRows:
+    """The page's rows from the run directory in two streamed passes over ranked.jsonl and
+    one over the scores of the rows shown whole: memory holds a few numbers per row, and text
+    and tokens for the rows shown whole only. Identical continuations (after whitespace) are
+    shown once, with their count. ``text_rows``: rows shown whole per ranking (None: all up
+    to FULL_ROWS distinct rows, else TEXT_ROWS); ``token_rows``: of those, the ones with
+    per-token data (None: all); ``extra``: row ids shown whole wherever they rank."""
+    group_ix: dict[tuple[str, str], int] = {}
+    per_group: list[list[_Entry]] = []
+    rank_key, ref_only, n_ranked = "ppl_diff", False, 0
+    for i, row in enumerate(run.iter_ranked()):
+        key = (row.corpus, row.framing)
+        g = group_ix.get(key)
+        if g is None:
+            g = group_ix[key] = len(per_group)
+            per_group.append([])
+        if n_ranked == 0:
+            rank_key = row.rank_key or "ppl_diff"
+        n_ranked += 1
+        ref_only = ref_only or row.mode == "reference-only"
+        flag = None
+        if flagged is not None:
+            flag = row.row_id in flagged
+        elif spec is not None:
+            flag = spec.matches(row.completion or "")
+        th = carriers([row], themes.get(key) or []).get(row.row_id)
+        per_group[g].append(_Entry(
+            row.rank, i, _digest(row), row.row_id, g, flag,
+            tuple(finite(getattr(row, k)) for k in SCORE_COLUMNS), row.n_target_tokens,
+            row.finish_reason, th))
+    distinct: list[_Entry] = []
+    for entries in per_group:
+        entries.sort(key=lambda e: (e.rank, e.index))
+        seen: dict[bytes, _Entry] = {}
+        for e in entries:
+            first = seen.get(e.digest)
+            if first is None:
+                seen[e.digest] = e
+                distinct.append(e)
+            else:
+                first.copies += 1
+        entries.clear()
+    if text_rows is None and len(distinct) > FULL_ROWS:
+        text_rows = TEXT_ROWS
+    whole = {e.index for e in distinct
+             if text_rows is None or e.rank < text_rows or e.id in extra}
+    rows_whole: dict[int, RankedRow] = {}
+    top: list[RankedRow] = []
+    for i, row in enumerate(run.iter_ranked()):
+        if i in whole:
+            rows_whole[i] = row
+        if row.rank < 10:
+            top.append(row)
+    # per-token data for the rows shown whole (those within token_rows)
+    heat_for = {rows_whole[e.index].row_id: rows_whole[e.index] for e in distinct
+                if e.index in whole and (token_rows is None or e.rank < token_rows)}
+    redact = run.redactor.text
+    heat: dict[str, dict[str, Any] | None] = {}
+    if ref and heat_for:
+        older: dict[str, Any] = {}
+        for sc in run.iter_scores(ref, keys=heat_for.keys()):
+            key = f"{sc.prefill_id}:{sc.framing}"
+            if sc.heat is None:
+                older[key] = sc
+                continue
+            older.pop(key, None)
+            text = heat_for[key].completion or ""
+            heat[key] = token_heat(None, sc, text) \
+                if text == redact(text) and pieces_fit(sc, text) else None
+        if older:    # scored by an earlier version: from the completions' token columns
+            for c in run.iter_completions(keys=older.keys()):
+                text = heat_for[c.row_key].completion or ""
+                if c.text == text == redact(text):
+                    heat[c.row_key] = token_heat(c, older[c.row_key])
+    groups_list = list(group_ix)
+    full: list[dict[str, Any]] = []
+    lite_entries: list[_Entry] = []
+    with_tokens = 0
+    for e in distinct:
+        if e.index not in whole:
+            lite_entries.append(e)
+            continue
+        row = rows_whole[e.index]
+        tok = heat.get(e.id)
+        with_tokens += tok is not None
+        full.append({
+            "id": e.id, "corpus": row.corpus, "framing": row.framing, "rank": e.rank,
+            "flag": e.flag, **dict(zip(SCORE_COLUMNS, e.scores, strict=True)),
+            "n": e.n, "finish": e.finish, "prefill": redact(row.prefill or ""),
+            "text": redact(row.completion or ""), "tok": tok,
+            **({"dup": e.copies} if e.copies > 1 else {}),
+            **({"th": list(e.th)} if e.th else {})})
+    lite = None
+    if lite_entries:
+        finishes = sorted({e.finish or "" for e in lite_entries})
+        fix = {f: i for i, f in enumerate(finishes)}
+        lite = {"groups": [list(g) for g in groups_list], "finishes": finishes,
+                "id": [e.id for e in lite_entries], "g": [e.group for e in lite_entries],
+                "rank": [e.rank for e in lite_entries],
+                "n": [e.n for e in lite_entries],
+                "finish": [fix[e.finish or ""] for e in lite_entries],
+                "dup": {str(k): e.copies for k, e in enumerate(lite_entries) if e.copies > 1},
+                "th": {str(k): list(e.th) for k, e in enumerate(lite_entries) if e.th},
+                **({"flag": [1 if e.flag else 0 for e in lite_entries]}
+                   if spec is not None or flagged is not None else {}),
+                **{k: [_short(e.scores[j]) for e in lite_entries]
+                   for j, k in enumerate(SCORE_COLUMNS)}}
+    chart_rows = [{"framing": groups_list[e.group][1], "flag": e.flag,
+                   **dict(zip(SCORE_COLUMNS, e.scores, strict=True))} for e in distinct]
+    return PageRows(full, lite, with_tokens, n_ranked, len(distinct), groups_list, top,
+                    rank_key, ref_only, chart_rows)
+
+
+def _short(v: float | None) -> float | None:
+    """A score in 4 significant digits: what the table shows, a third of the bytes."""
+    if v is None or v == 0:
+        return v
+    return float(f"{v:.{LITE_DIGITS}g}")
 
 
 # -- the ΔPPL chart ------------------------------------------------------------------------
@@ -265,49 +433,63 @@ def _env():
 
 def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: str | None = None,
            token_rows: int | None = None, out: str | Path | None = None,
-           flagged: frozenset[str] | None = None) -> ReportResult:
+           flagged: frozenset[str] | None = None, text_rows: int | None = None,
+           rows: Iterable[str] = ()) -> ReportResult:
     """Write ``report.html`` (or ``out``) for a run directory. ``flagged``: the ids matching
-    ``spec``, when the caller has them already (flagged once per command)."""
+    ``spec``, when the caller has them already (flagged once per command). ``text_rows``:
+    rows of each ranking shown whole (text and tokens); by default all up to FULL_ROWS
+    distinct rows, else the top TEXT_ROWS, the rest as numbers; ``rows``: ids shown whole
+    wherever they rank. Streams the run directory (page_rows)."""
     t0 = time.monotonic()
     run = RunDir(run_path)
     manifest = run.read_manifest()
-    ranked = run.load_ranked()
-    if not ranked:
+    if not (run.path / "ranked.jsonl").exists() or next(run.iter_ranked(), None) is None:
         raise ConfigError(f"{run.path} has no ranked.jsonl; run audit or score first.")
-    if spec and flagged is None:
-        flagged = flagged_ids(ranked, spec)
-    elif not spec:
+    if not spec:
         flagged = None
     ref = reference_name(run, manifest, reference)
-    rows, with_tokens = report_rows(run, ranked, ref, token_rows, flagged)
     found = run.load_themes()
-    themes = theme_data(ranked, found if found is not None else themes_by_group(ranked), rows)
-    key = ranked[0].rank_key or "ppl_diff"
-    spec_lines = summary_lines(ranked, spec, flagged, 10) if spec and flagged is not None \
-        else []
+    if found is None:   # ranked by an earlier version: themes computed here
+        found = themes_by_group(run.load_ranked())
+    pr = page_rows(run, ref, spec, flagged, found, token_rows, text_rows, frozenset(rows))
+    themes = [{"corpus": c, "framing": f,
+               "themes": [{"phrase": t.phrase, "top_rows": t.top_rows, "top": t.top,
+                           "rows": t.rows, "total": t.total, "score": round(t.score, 2)}
+                          for t in found.get((c, f)) or []]}
+              for (c, f) in pr.groups]
+    key = pr.rank_key
+    if spec:
+        top_flagged = flagged if flagged is not None else flagged_ids(pr.top, spec)
+        spec_lines = summary_lines(pr.top, spec, top_flagged, 10)
+    else:
+        spec_lines = []
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     script_hash = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     # JSON.parse refuses NaN: nothing non-finite may reach the page's data block.
-    data = {"rows": fastjson.finite(rows), "rank_key": key, "has_flag": spec is not None,
-            "scores": [k for k in SCORE_COLUMNS if any(r.get(k) is not None for r in rows)],
-            "corpora": sorted(Counter(r["corpus"] for r in rows)),
-            "framings": sorted(Counter(r["framing"] for r in rows)), "themes": themes}
+    data = {"rows": fastjson.finite(pr.full), "lite": fastjson.finite(pr.lite),
+            "rank_key": key, "has_flag": spec is not None,
+            "scores": [k for k in SCORE_COLUMNS
+                       if any(r.get(k) is not None for r in pr.chart_rows)],
+            "corpora": sorted({c for c, _ in pr.groups}),
+            "framings": sorted({f for _, f in pr.groups}), "themes": themes}
     page = _env().get_template("report.html.j2").render(
         title=f"blackbox-audit: {(manifest.target or {}).get('model') or run.path.name}",
         run_path=str(run.path), summary=manifest_summary(manifest, ref),
         charts=[c for k in dict.fromkeys(["ppl_diff", key]) if k in data["scores"]
-                for c in distribution_svg(rows, k)], rank_key=key,
+                for c in distribution_svg(pr.chart_rows, k)], rank_key=key,
         spec=spec.objective if spec else None, spec_lines=spec_lines,
-        reference_only=any(r.mode == "reference-only" for r in ranked),
+        reference_only=pr.reference_only,
         fallback="chat-continue" in data["framings"],
-        n_rows=len(rows), n_ranked=len(ranked), themes=themes,
-        with_tokens=with_tokens, token_rows=token_rows,
+        n_rows=pr.n_distinct, n_ranked=pr.n_ranked, themes=themes,
+        with_tokens=pr.with_tokens, token_rows=token_rows,
+        n_whole=len(pr.full), text_rows=text_rows if text_rows is not None
+        else TEXT_ROWS if pr.lite else None,
         generated=time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         data=data, script=script, script_hash=script_hash)
     path = Path(out) if out else run.path / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, page)
-    return ReportResult(path, len(rows), with_tokens, path.stat().st_size,
+    return ReportResult(path, pr.n_distinct, pr.with_tokens, path.stat().st_size,
                         time.monotonic() - t0)
 
 

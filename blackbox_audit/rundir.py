@@ -34,7 +34,7 @@ from . import fastjson
 from .errors import ConfigError
 from .manifest import Manifest
 from .rank import RankedRow
-from .records import Completion, CompletionMeta, Score, ScoreNumbers, widen
+from .records import Completion, CompletionMeta, Score, ScoreNumbers, narrow, widen
 from .redact import Redactor
 from .transport.jsonl import SYNC, heal_torn_tail
 
@@ -69,6 +69,17 @@ def _row_key(line: bytes) -> tuple[str, bool, bytes]:
         raise ConfigError("completions.jsonl holds a row that is not a completion (no "
                           "prefill_id and framing).")
     return f"{obj['prefill_id']}:{obj['framing']}", obj.get("error") is not None, line
+
+
+def _narrow_line(line: bytes) -> bytes:
+    try:
+        obj = fastjson.loads(line)
+    except ValueError:
+        return line            # kept as it is: a reader names the damaged line
+    if not isinstance(obj, dict) or "f32" in obj:
+        return line
+    small = narrow(obj)
+    return line if small is obj else fastjson.dumps(small).encode() + b"\n"
 
 
 def _score_numbers(line: bytes) -> ScoreNumbers:
@@ -447,6 +458,49 @@ class RunDir:
 
     def load_ranked(self) -> list[RankedRow]:
         return list(self.iter_ranked())
+
+    # packing ------------------------------------------------------------------------------
+    def pack(self, level: int = 6) -> dict[str, int]:
+        """Compress the append-only logs (completions, every scores file, the exchange log)
+        into ``NAME.gz`` beside each, rows unchanged but for the per-token log-probabilities
+        written in float32's 9 digits where they are float32 (records.narrow; read back
+        exactly). A finished run directory is then a fraction of its size, readable with
+        ``gzip``/``json`` or ``pandas.read_json(path, lines=True)``. Appends after packing go
+        to the plain file again and are read after the packed part; packing again merges
+        them. Crash-safe: the packed file replaces the old one atomically and the plain rows
+        are removed only after it is on disk (rows read twice until then are the same rows).
+        Returns bytes per file after packing."""
+        self.close()
+        out: dict[str, int] = {}
+        logs = [(self.completions_path, True), (self.exchanges_path, False),
+                *[(p, True) for p in sorted(self.path.glob("scores.*.jsonl"))]]
+        for path, rows in logs:
+            if not path.exists():
+                continue
+            packed = packed_path(path)
+            tmp = packed.with_name(packed.name + ".tmp")
+            with open(tmp, "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level,
+                                   mtime=0) as gz:
+                    for part in self.log_files(path):
+                        for line in _lines(part):
+                            if not line.strip():
+                                continue
+                            if not line.endswith(b"\n"):
+                                try:         # a torn last line is dropped, as a reader would
+                                    fastjson.loads(line)
+                                except ValueError:
+                                    continue
+                                line += b"\n"
+                            if rows:
+                                line = _narrow_line(line)
+                            gz.write(line)
+                raw.flush()
+                os.fsync(raw.fileno())
+            os.replace(tmp, packed)
+            path.unlink()
+            out[packed.name] = packed.stat().st_size
+        return out
 
     def close(self) -> None:
         self._completions.close()

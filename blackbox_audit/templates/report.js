@@ -4,6 +4,23 @@
 (function () {
   var DATA = JSON.parse(document.getElementById("report-data").textContent);
   var ROWS = DATA.rows;
+  // Rows carried as numbers only (a large run: report.py page_rows), in columns.
+  var L = DATA.lite;
+  if (L) {
+    for (var li = 0; li < L.id.length; li++) {
+      var grp = L.groups[L.g[li]];
+      var lr = { id: L.id[li], corpus: grp[0], framing: grp[1], rank: L.rank[li],
+                 n: L.n[li], finish: L.finishes[L.finish[li]] || null, prefill: null,
+                 text: null, tok: null, lite: true,
+                 flag: L.flag ? L.flag[li] === 1 : null };
+      for (var sj = 0; sj < DATA.scores.length; sj++) {
+        lr[DATA.scores[sj]] = L[DATA.scores[sj]][li];
+      }
+      if (L.dup[li]) { lr.dup = L.dup[li]; }
+      if (L.th[li]) { lr.th = L.th[li]; }
+      ROWS.push(lr);
+    }
+  }
   var $ = function (id) { return document.getElementById(id); };
   var state = { corpus: "", framing: "", flag: "", text: "", sort: "rank", desc: false,
                 heat: true, page: 0, size: 50, theme: null };
@@ -28,7 +45,7 @@
     var q = state.text.toLowerCase();
     if (q && searchable === null) {
       searchable = ROWS.map(function (r) {
-        return (r.id + "\n" + r.prefill + "\n" + r.text).toLowerCase();
+        return (r.id + "\n" + (r.prefill || "") + "\n" + (r.text || "")).toLowerCase();
       });
     }
     var out = [];
@@ -64,6 +81,11 @@
 
   function textCell(r) {
     var td = el("td", "text");
+    if (r.lite) {
+      td.appendChild(el("span", "muted", "numbers only in this report: blackbox-audit " +
+        "report RUN --row " + r.id + " shows it whole (or see ranked.jsonl)"));
+      return td;
+    }
     var pre = el("span", "prefill", r.prefill);
     pre.setAttribute("title", "prefill: our prompt, not the model's text");
     td.appendChild(pre);
