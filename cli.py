@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--spec", metavar="FILE",
                     help="organism spec (JSON): mark and count rows matching the objective")
 
+    pk = sub.add_parser("pack", help="compress a finished run directory's logs (completions, "
+                                     "scores, exchanges) to a fraction of their size",
+                        description="Gzip completions.jsonl, scores.*.jsonl and exchanges.jsonl "
+                        "into NAME.gz beside each (float32 log-probabilities in 9 digits, read "
+                        "back exactly); every command reads packed runs, appends go on after.")
+    pk.add_argument("run", help="run directory")
+
     rp = sub.add_parser("report", help="write report.html: the run's ranking to triage in a "
                                        "browser (self-contained, offline)",
                         description="Write one self-contained HTML file (no network) with the "
@@ -570,6 +577,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         spec = _spec(args.spec)   # a bad spec fails before anything is read
         presentation.show_top(_ranked(args.run), args.top, spec,
                               themes=RunDir(args.run).load_themes())
+        return 0
+    if args.command == "pack":
+        from blackbox_audit.rundir import RunDir
+
+        run = RunDir(args.run)
+        if not run.exists():
+            raise ba.ConfigError(f"{run.path} is not a run directory (no manifest.json or "
+                                 "completions.jsonl).")
+        with run.writer():
+            sizes = run.pack()
+        for name, size in sizes.items():
+            print(f"{run.path / name}: {size / 1e6:.1f} MB")
+        if not sizes:
+            print(f"{run.path}: nothing to pack (already packed)")
         return 0
     if args.command == "report":
         from blackbox_audit.report import render
