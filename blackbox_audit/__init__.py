@@ -15,7 +15,9 @@ The Python API. Resolve settings into a plan, run it, read the run back::
 
 Every setting is resolved once, by ``plan``, into a frozen :class:`Plan`; ``audit`` runs the
 stages (generate, score, rank) over the run directory; ``rescore`` scores and ranks an
-existing run again; ``read_run`` gives the manifest and typed ranked rows.
+existing run again; ``read_run`` gives the manifest and typed ranked rows. ``verify``
+(settings resolved by ``verify_plan``) asks whether an endpoint serves the open weights it
+claims: consistent / differs / inconclusive with a stated error rate (docs/verify.md).
 """
 
 __version__ = "0.1.0"
