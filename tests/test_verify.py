@@ -155,6 +155,9 @@ def test_echo_requests_go_through_the_transport(tmp_path):
         httpx.Response(200, json=_echo_answer("vllm", [-3.0, -0.1]))])
     vp = verify_plan(out=tmp_path / "run", target="vllm:m", base_url=BASE, noise_floor=0.1,
                      record_mode="off", quiet=True)
+    from blackbox_audit.plan import mutable_parts
+
+    assert mutable_parts(vp) == []          # resolved once, frozen all the way down
     rows = [_row(), _row()]
     pairs = asyncio.run(echo_pairs(vp.audit.endpoint, vp.audit.generation, rows))
     sent = json.loads(route.calls[0].request.content)
