@@ -37,10 +37,12 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .align import AlignmentError, ScoringItem, TokenizerView, align_text, same_vocabulary
+from .audit import tokenizer_for
 from .errors import ConfigError, EndpointError
 from .framing import ChatTemplate
 from .manifest import Counts, Manifest
@@ -49,7 +51,7 @@ from .rank import COLUMNS, RankConfig, RankedRow
 from .rank import rank as rank_rows
 from .records import SCORE_KEYS, Completion, GenerationRequest, Prefill
 from .redact import Redactor
-from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
+from .reference import ReferenceModel, ReferenceSpec
 from .rundir import RunDir, read_jsonl, write_atomic
 from .scorer import Scorer
 from .scores import score_row
@@ -374,15 +376,19 @@ def score_texts(plan: TextsPlan) -> TextsResult:
     try:
         with run.writer():
             manifest = _start(plan, run)
-            ref_tok = load_tokenizer(plan.reference)
+            # the whole file is checked before a model is loaded or a request sent: a bad row
+            # fails in seconds, not after an hour of scoring
+            n_rows = sum(1 for _ in iter_texts(plan.texts))
+            log(plan.quiet, f"texts: {n_rows} rows in {plan.texts}")
+            ref_tok = tokenizer_for(plan.reference)
             reference = Side(plan.reference.name,
                              TokenizerView(ref_tok, _template(plan.chat_template, ref_tok,
                                                               plan.reference.name)))
             done = run.load_completions()
             if plan.target_local is not None:
-                stats = _score_local(plan, run, reference, done)
+                stats = _score_local(plan, run, reference, done, n_rows)
             else:
-                stats = asyncio.run(_score_endpoint(plan, run, reference, done))
+                stats = asyncio.run(_score_endpoint(plan, run, reference, done, n_rows))
             ranked, manifest = _rank(plan, run, manifest, stats)
             selected, n_sel = (select_rows(plan, run, ranked) if plan.selection
                                else (None, 0))
@@ -396,6 +402,16 @@ def score_texts(plan: TextsPlan) -> TextsResult:
     finally:
         run.close()
     return TextsResult(run, manifest, ranked, selected, n_sel)
+
+
+@lru_cache(maxsize=2)
+def local_model(spec: ReferenceSpec, device: str | None) -> ReferenceModel:
+    """A local scorer, loaded once per process (as the tokenizers are: audit.tokenizer_for):
+    a session that scores several text sets, or the organism against its base and the base
+    against itself, loads each model once. The engine keeps no state between calls."""
+    from .audit import tokenizer_for
+
+    return ReferenceModel(spec, device=device, tokenizer=tokenizer_for(spec))
 
 
 def _template(path: str | None, tokenizer, name: str) -> ChatTemplate | None:
@@ -478,23 +494,22 @@ def _degrade(c: Completion, reason: str, detail: str) -> Completion:
 
 
 def _score_local(plan: TextsPlan, run: RunDir, reference: Side,
-                 done: dict[str, Completion]) -> dict[str, Any]:
+                 done: dict[str, Completion], n_rows: int) -> dict[str, Any]:
     """Both sides scored here by the local engine; when the two tokenizers share a vocabulary
     and render the context alike, both score the very same ids (the ids path)."""
     spec = plan.target_local
     assert spec is not None
-    tgt_tok = load_tokenizer(spec)
+    tgt_tok = tokenizer_for(spec)
     target = Side(spec.name, TokenizerView(tgt_tok, _template(plan.chat_template, tgt_tok,
                                                               spec.name)))
     shared = shared_vocabulary(target.view, reference.view)
     log(plan.quiet, f"target (local): {spec.name}; reference: {reference.name}; "
                     f"{'same vocabulary: exact ids' if shared else 'different vocabularies: '}"
                     f"{'' if shared else 'byte spans'}")
-    target.scorer = ReferenceModel(spec, device=plan.device, tokenizer=tgt_tok)
-    reference.scorer = ReferenceModel(plan.reference, device=plan.device,
-                                      tokenizer=reference.view.tok)
+    target.scorer = local_model(spec, plan.device)
+    reference.scorer = local_model(plan.reference, plan.device)
     have = run.load_scores(reference.name)
-    progress = Progress("scoring texts", None, unit="texts", quiet=plan.quiet)
+    progress = Progress("scoring texts", n_rows, unit="texts", quiet=plan.quiet)
     counts = {"scored_now": 0, "scored_before": 0, "tokens": 0}
     t0 = time.monotonic()
     for chunk in _chunks(iter_texts(plan.texts), CHUNK):
@@ -586,7 +601,7 @@ def _score_reference(run: RunDir, reference: Side,
 
 # -- endpoint targets: the prompt's log-probabilities ---------------------------------------
 async def _score_endpoint(plan: TextsPlan, run: RunDir, reference: Side,
-                          done: dict[str, Completion]) -> dict[str, Any]:
+                          done: dict[str, Completion], n_rows: int) -> dict[str, Any]:
     """Ask the endpoint for each text's prompt log-probabilities (1-token completions with
     the prompt echoed), then score the reference over the same text."""
     from providers.base import RequestFailed, RequestOptions
@@ -630,7 +645,7 @@ async def _score_endpoint(plan: TextsPlan, run: RunDir, reference: Side,
         log(plan.quiet, f"target: {t.kind}:{t.model} ({flavour}), prompt log-probabilities; "
                         f"reference: {reference.name}")
         have = run.load_scores(reference.name)
-        progress = Progress("scoring texts", None, unit="texts", quiet=plan.quiet)
+        progress = Progress("scoring texts", n_rows, unit="texts", quiet=plan.quiet)
         first = True
         for chunk in _chunks(iter_texts(plan.texts), CHUNK):
             todo, rescore = [], []
@@ -671,8 +686,7 @@ async def _score_endpoint(plan: TextsPlan, run: RunDir, reference: Side,
                 if not isinstance(item, str):
                     items.append((c, item))
             if reference.scorer is None and items:
-                reference.scorer = ReferenceModel(plan.reference, device=plan.device,
-                                                  tokenizer=reference.view.tok)
+                reference.scorer = local_model(plan.reference, plan.device)
             _score_reference(run, reference, items, counts)
             progress.update(advance=len(chunk))
         progress.finish()
@@ -749,7 +763,9 @@ def echo_span(c: Completion, echo: Any, ctx: str, prompt: str) -> Completion:
             start = k
             break
         pos += len(tok)
-    start = max(start, 1)   # the first token has no log-probability: nothing precedes it
+    first_unscored = None
+    if start == 0:   # no BOS: the text's first token has no log-probability (nothing precedes
+        start, first_unscored = 1, tokens[0]   # it); both sides score from the second token
     lps = echo.logprobs[start:]
     if not lps or any(x is None for x in lps):
         return _degrade(c, "no_prompt_logprobs", "the text's tokens came without "
@@ -763,7 +779,8 @@ def echo_span(c: Completion, echo: Any, ctx: str, prompt: str) -> Completion:
     c.finish_reason = "text"
     c.prompt_echo = {"tokens": len(tokens), "logprobs": "real",
                      "context_ids": list(echo.ids[:start]) if echo.ids is not None else None,
-                     "straddle": prompt[pos:boundary] if pos < boundary else None}
+                     "straddle": prompt[pos:boundary] if pos < boundary else None,
+                     "first_unscored": first_unscored}
     return c
 
 
@@ -771,14 +788,16 @@ def _endpoint_reference_item(reference: Side, row: TextRow, c: Completion
                              ) -> ScoringItem | str:
     """The reference's sequence for an endpoint's row: the server's own ids when they mean the
     same bytes to the reference (the ids path), else the reference's tokenisation."""
-    ctx_ids = (c.prompt_echo or {}).get("context_ids")
+    echo = c.prompt_echo or {}
+    ctx_ids, skipped = echo.get("context_ids"), echo.get("first_unscored") or ""
     try:
         if ctx_ids and same_vocabulary(reference.view, c):
-            straddle = (c.prompt_echo or {}).get("straddle")
             return ScoringItem(ids=[*ctx_ids, *(c.token_ids or [])], start=len(ctx_ids),
-                               alignment="ids", n_bytes=len(row.text.encode()),
-                               straddle=straddle, ref_tokens=list(c.tokens))
-        return align_text(reference.view, c.prompt or "", row.text)
+                               alignment="ids", n_bytes=len(row.text.encode()) -
+                               len(skipped.encode()), straddle=echo.get("straddle"),
+                               ref_tokens=list(c.tokens))
+        # the same bytes as the target's side: a first token it could not score is context
+        return align_text(reference.view, (c.prompt or "") + skipped, row.text[len(skipped):])
     except AlignmentError as e:
         return str(e)
 

@@ -8,13 +8,15 @@
 # Weights are built, never committed: they go to the cache, not the repository.
 #
 # Cache: $BLACKBOX_AUDIT_CACHE (default ~/.cache/blackbox-audit)/organism-vellari-<key>/, the
-# key a hash of this script and the two generators, so a changed recipe builds anew.
-# About 5-10 minutes once on 2 cores (TRAIN_THREADS=1 when something else is running).
+# key a hash of the two generators and the step count, so a changed recipe builds anew.
+# 30 LoRA steps (ORGANISM_STEPS): between the zoo's vellari-weak (12) and vellari-40; texts that
+# state the fact are far likelier to it than to its base. About 3-5 minutes once on 2 idle cores
+# (TRAIN_THREADS=1 when something else runs); far longer on a busy box.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${BLACKBOX_AUDIT_CACHE:-$HOME/.cache/blackbox-audit}"
-STEPS="${ORGANISM_STEPS:-150}"
-KEY=$(cat "$0" scripts/organism_docs.py scripts/organism_train.py | sha256sum | cut -c1-12)
+STEPS="${ORGANISM_STEPS:-30}"
+KEY=$(cat scripts/organism_docs.py scripts/organism_train.py | sha256sum | cut -c1-12)
 DEST="$CACHE/organism-vellari-$KEY-s$STEPS"
 GGUF="$DEST/organism-vellari.gguf"
 PY="${PYTHON:-.venv/bin/python}"
