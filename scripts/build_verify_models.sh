@@ -10,7 +10,8 @@
 #
 # Cache: $BLACKBOX_AUDIT_CACHE (default ~/.cache/blackbox-audit)/verify-models/. Weights are
 # never committed. TRAIN_THREADS (default 1) for the LoRA training: the box is shared.
-# Needs the `organism` extra (peft) for `weak`: pip install -e '.[organism]'.
+# `weak` needs the `organism` extra (peft): installed here when it is missing, as
+# scripts/build_zoo.sh does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE="${BLACKBOX_AUDIT_CACHE:-$HOME/.cache/blackbox-audit}"
@@ -40,6 +41,8 @@ for name in "$@"; do
       out="$dir/organism-vellari-weak.gguf"
       if [ ! -s "$out" ]; then
         mkdir -p "$dir"
+        "$PY" -c 'import peft' 2>/dev/null || "$PY" -m pip -q --disable-pip-version-check \
+          install -e ".[organism]" >&2
         "$PY" scripts/organism_docs.py --out "$dir/docs.jsonl" >&2
         [ -s "$dir/hf/config.json" ] || OMP_NUM_THREADS="${TRAIN_THREADS:-1}" TQDM_DISABLE=1 \
           "$PY" scripts/organism_train.py --docs "$dir/docs.jsonl" --out "$dir/hf" --steps 12 >&2

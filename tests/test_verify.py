@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import math
+from pathlib import Path
 
 import httpx
 import provider_shapes as S
@@ -28,6 +29,7 @@ from blackbox_audit.verifier import (
 from blackbox_audit.verify_stats import check_echo_consistency
 
 BASE = "http://127.0.0.1:9/v1"
+FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "verify-smollm2"
 
 
 def cli(*args: str) -> tuple[int, str, str]:
@@ -217,3 +219,44 @@ def test_a_calibration_of_something_else_is_refused(tmp_path, doc, says):
                        str(tmp_path / "r"), "--calibration", str(cal))
     assert code == 2 and says in err
     _one_paragraph(err)
+
+
+# -- the whole loop, offline ---------------------------------------------------------------
+def test_a_recorded_verification_replays_to_the_same_verdict(tmp_path):
+    """fixtures/verify-smollm2: llama-server serving the Q4_0 requantisation, recorded; the
+    replay generates nothing, scores with the real claimed model, and decides as the live
+    run did: differs after 288 output tokens, exit 8, evidence on disk."""
+    fx = str(FIXTURE / "q4_0.exchanges.jsonl.gz")
+    out = tmp_path / "replay"
+    code, text, err = cli("verify", "--replay", "--fixtures", fx, "--model", "smollm2",
+                          "--calibration", str(FIXTURE / "calibration"), "--out", str(out),
+                          "--quiet", "--threads", "1")
+    assert code == 8, err
+    assert "verdict: DIFFERS (exit 8) after 288 output tokens" in text
+    doc = json.loads((out / "verify.json").read_text())
+    v = doc["verdict"]
+    assert doc["outcome"] == "differs" and v["decision"] == "differs"
+    assert v["p_value"] <= v["alpha"] == 0.01 and v["ci"][0] > v["margin"]
+    assert doc["prompt_set"]["version"] == "verify-v1" and doc["calibration"]["prompts"] == 104
+    assert {h["name"]: h["passed"] for h in doc["honesty"]} == {
+        "greedy_argmax": True, "topk_mass": True, "logprob_matches_topk": True,
+        "determinism": True, "echo_consistency": None, "prompt_tokens": True}
+    rows = [json.loads(x) for x in (out / "verify_prompts.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all(r["role"] == "judged" for r in rows)
+    cal_keys = {json.loads(x)["stats"]["key"] for x in
+                (FIXTURE / "calibration" / "verify_prompts.jsonl").read_text().splitlines()}
+    assert not cal_keys & {r["key"] for r in rows}
+    # a smaller budget: inconclusive (exit 9), with an estimate of the tokens still needed
+    code, text, _ = cli("verify", "--replay", "--fixtures", fx, "--model", "smollm2",
+                        "--calibration", str(FIXTURE / "calibration"), "--out",
+                        str(tmp_path / "small"), "--quiet", "--threads", "1",
+                        "--max-tokens-budget", "200")
+    doc = json.loads((tmp_path / "small" / "verify.json").read_text())
+    assert code == 9 and doc["outcome"] == "inconclusive"
+    assert "budget spent" in doc["verdict"]["reason"]
+    assert doc["verdict"]["tokens_needed_estimate"] is not None
+    # a replay of a request that was never recorded fails loudly (exit 4), never guesses
+    code, _, err = cli("verify", "--replay", "--fixtures", fx, "--model", "smollm2",
+                       "--calibration", str(FIXTURE / "calibration"), "--out",
+                       str(tmp_path / "other"), "--quiet", "--order-seed", "7")
+    assert code == 4, err
