@@ -58,6 +58,20 @@ class AdaptiveLimiter:
         self.overloaded = 0
         self.peak_in_flight = 0
         self.lowest_limit = self.limit
+        # Time requests waited for a slot on our side: not part of any attempt's timeout.
+        self.queue_seconds = 0.0
+        self.queue_seconds_max = 0.0
+
+    def cap_at(self, slots: int) -> None:
+        """Never more than ``slots`` in progress: what the server computes at once
+        (Provider.server_slots). Called before the first request; lowers, never raises."""
+        if 1 <= slots < self.cap:
+            self.cap = slots
+            self.floor = min(self.floor, slots)
+            self.start = min(self.start, slots)
+            self.limit = min(self.limit, float(slots))
+            self.ssthresh = min(self.ssthresh, float(slots))
+            self.lowest_limit = min(self.lowest_limit, self.limit)
 
     # -- slots ----------------------------------------------------------------------------
     @property
@@ -70,8 +84,12 @@ class AdaptiveLimiter:
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        queued = self.clock()
         try:
             await fut
+            waited = self.clock() - queued
+            self.queue_seconds += waited
+            self.queue_seconds_max = max(self.queue_seconds_max, waited)
         except BaseException:
             if fut.done() and not fut.cancelled():
                 self.release()  # we were handed a slot and then cancelled: give it back
@@ -134,7 +152,9 @@ class AdaptiveLimiter:
         return {"cap": self.cap, "start": self.start, "floor": self.floor,
                 "final": round(self.limit, 2), "lowest": round(self.lowest_limit, 2),
                 "peak_in_flight": self.peak_in_flight, "cuts": self.cuts,
-                "throttled": self.throttled, "overloaded": self.overloaded}
+                "throttled": self.throttled, "overloaded": self.overloaded,
+                "queue_seconds": round(self.queue_seconds, 2),
+                "queue_seconds_max": round(self.queue_seconds_max, 2)}
 
 
 def run_bound(n_requests: int, floor: int, request_bound: float) -> float:

@@ -199,6 +199,15 @@ class Provider(ABC):
         """Does this endpoint name tokens by id only when asked (``ask_token_ids``)?"""
         return False
 
+    async def server_slots(self) -> int | None:
+        """How many requests the server computes at once, where it says (None: unknown).
+
+        A request beyond them waits in the server's queue, and that wait would count against
+        the attempt timeout: on a busy machine such requests time out and are retried while
+        the server still computes the abandoned ones. The run keeps its window at or under
+        this number, so the queue is on our side, where it costs no timeout."""
+        return None
+
     @abstractmethod
     def build(self, req: GenerationRequest) -> WireRequest:
         """The HTTP request for one generation. Pure: no I/O."""

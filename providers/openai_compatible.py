@@ -167,6 +167,22 @@ class OpenAICompatibleProvider(Provider):
         self.flavour = flavour
         self.chat_mode = chat_mode
 
+    async def server_slots(self) -> int | None:
+        """llama.cpp's server states its parallel slots in ``GET /props`` (``total_slots``,
+        at the server's root, beside ``/v1``). Other flavours state none; an answer that is
+        not a positive count, or no answer, is "unknown"."""
+        if self.flavour != "llama.cpp":
+            return None
+        base = self.client.base_url
+        root = base.path.rstrip("/").removesuffix("/v1")
+        try:
+            response = await self.client.get(base.copy_with(path=f"{root}/props"))
+            slots = response.json().get("total_slots") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return slots if isinstance(slots, int) and not isinstance(slots, bool) and slots > 0 \
+            else None
+
     def _sampling(self) -> dict[str, Any]:
         return {"temperature": 0.0, "top_p": 1.0, "presence_penalty": 0.0,
                 "frequency_penalty": 0.0, **GREEDY_EXTRAS[self.flavour]}
