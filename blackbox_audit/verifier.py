@@ -487,7 +487,31 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
         "summary": summary_of(used),
     }
     write_atomic(doc_path, run.redactor.dumps(report, indent=2) + "\n")
+    write_atomic(run.path / "report.html", run.redactor.text(render_html(report, prompt_log)))
     return VerifyResult(run.path, outcome, verdict, honesty, used, report)
+
+
+def render_html(report: dict[str, Any], prompt_log: Path) -> str:
+    """report.html of a verification: the verdict, its statistics, the honesty checks and
+    every prompt's statistics (no model text: ids and numbers only; Jinja2 autoescape, a
+    content security policy that runs nothing)."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("blackbox_audit", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4g}"
+
+    claimed = report["claimed"]
+    return env.get_template("verify.html.j2").render(
+        outcome=report["outcome"], exit_code=report["exit_code"],
+        base_url=report["target"].get("base_url") or "(replayed)",
+        model=report["target"].get("model"),
+        claimed=claimed.get("gguf_file") or claimed.get("path"),
+        prompt_set=json.dumps(report["prompt_set"]), digest=report["prompts_digest"],
+        verdict=report["verdict"], honesty=report["honesty"],
+        prompts=list(read_jsonl(prompt_log)), fmt=fmt)
 
 
 def _align(view: TokenizerView, c: Completion, counts: list) -> Any:

@@ -246,6 +246,8 @@ def test_a_recorded_verification_replays_to_the_same_verdict(tmp_path):
     cal_keys = {json.loads(x)["stats"]["key"] for x in
                 (FIXTURE / "calibration" / "verify_prompts.jsonl").read_text().splitlines()}
     assert not cal_keys & {r["key"] for r in rows}
+    page = (out / "report.html").read_text()
+    assert 'class="v differs"' in page and "d171bf80d42925e2" in page and "<script" not in page
     # a smaller budget: inconclusive (exit 9), with an estimate of the tokens still needed
     code, text, _ = cli("verify", "--replay", "--fixtures", fx, "--model", "smollm2",
                         "--calibration", str(FIXTURE / "calibration"), "--out",
