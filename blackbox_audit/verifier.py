@@ -33,6 +33,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -330,7 +331,6 @@ def load_calibration(vp: VerifyPlan, claimed: str) -> tuple[list[PromptStats], d
 
 def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
     from .audit import build_requests, send, tokenizer_for
-    from .reference import ReferenceModel
     from .transport import TransportStats
 
     p = vp.audit
@@ -368,7 +368,7 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
     tokenizer = tokenizer_for(spec)
     view = TokenizerView(tokenizer, None)
     vocab = Vocabulary(view)
-    claimed = ReferenceModel(spec, device=p.scoring.device, tokenizer=tokenizer)
+    claimed = claimed_model(spec, p.scoring.device, tokenizer)
     stats_io = TransportStats()
     from .accounting import Pricer
 
@@ -544,6 +544,15 @@ def check_prompt_tokens(n: int, failed: int, examples: list) -> HonestyCheck:
         "sent has" if failed else f"prompt token counts match at all {n} answers"
         if n else "not checked: the endpoint reports no prompt token counts",
         {"examples": examples})
+
+
+@lru_cache(maxsize=1)
+def claimed_model(spec: Any, device: str | None, tokenizer: Any) -> Any:
+    """The claimed weights, loaded once per process (a calibration and the verifications
+    after it, in one program or test session, share them; scoring changes nothing in them)."""
+    from .reference import ReferenceModel
+
+    return ReferenceModel(spec, device=device, tokenizer=tokenizer)
 
 
 def _null_summary(cal: Calibration) -> dict[str, Any]:
