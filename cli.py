@@ -353,8 +353,9 @@ def _add_verify_parser(sub) -> None:
                    help="error rate of each verdict (0.01): P(differs | within the margin) "
                         "and P(consistent | outside it)")
     b = v.add_argument_group("budget")
-    b.add_argument("--max-tokens-budget", type=int, default=2000,
-                   help="output tokens to judge at most (2000)")
+    b.add_argument("--max-tokens-budget", type=int, default=3000,
+                   help="output tokens to judge at most (3000: differs takes a few hundred, "
+                        "consistent about 2000 at 32 tokens per prompt)")
     b.add_argument("--max-cost", type=float, metavar="USD",
                    help="stop once the estimated cost reaches this (needs a priced model)")
     b.add_argument("--max-tokens", type=int, default=32,

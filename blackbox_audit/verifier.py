@@ -131,7 +131,7 @@ def verify_plan(*, out: str | Path, claimed: str | None = None, target: str | No
                 base_url: str | None = None, model: str = "", api_key_env: str | None = None,
                 flavour: str = "auto", calibrate: bool = False,
                 calibration: str | Path | None = None, noise_floor: float | None = None,
-                alpha: float = 0.01, max_tokens_budget: int = 2000,
+                alpha: float = 0.01, max_tokens_budget: int = 3000,
                 max_cost: float | None = None, batch: int = 8, repeats: int = 4,
                 margins: dict[str, float] | None = None, prompts: PromptSet | None = None,
                 order_seed: int = 0, collect: bool = False, record_mode: str = "auto",
