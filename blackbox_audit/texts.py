@@ -41,6 +41,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from .align import AlignmentError, ScoringItem, TokenizerView, align_text, same_vocabulary
 from .audit import tokenizer_for
 from .errors import ConfigError, EndpointError
@@ -533,11 +535,12 @@ def _score_local(plan: TextsPlan, run: RunDir, reference: Side,
             c.logprobs = list(lp)
         ref_items: list[tuple[Completion, ScoringItem]] = []
         for row, c, item in new_rows:
-            run.append_completion(c)
             r_item = _reference_item(reference, row, c, item if shared else None)
-            if isinstance(r_item, str):
-                continue   # the target's side is kept; the row is unscored, said in detail
-            ref_items.append((c, r_item))
+            if isinstance(r_item, str):   # the target's side is kept, the row marked
+                _degrade(c, "misaligned", f"reference: {r_item}")
+            else:
+                ref_items.append((c, r_item))
+            run.append_completion(c)
         _score_reference(run, reference, ref_items, counts)
         progress.update(advance=len(chunk))
     progress.finish()
@@ -683,7 +686,9 @@ async def _score_endpoint(plan: TextsPlan, run: RunDir, reference: Side,
                 if not c.usable:
                     continue
                 item = _endpoint_reference_item(reference, row, c)
-                if not isinstance(item, str):
+                if isinstance(item, str):   # marked, and written again: the latest row counts
+                    run.append_completion(_degrade(c, "misaligned", f"reference: {item}"))
+                else:
                     items.append((c, item))
             if reference.scorer is None and items:
                 reference.scorer = local_model(plan.reference, plan.device)
@@ -703,7 +708,7 @@ async def _ask(provider: Any, reference: Side, row: TextRow, failed: type[Except
     from providers.protocol import MalformedAnswer, choice_text, prompt_echo, split_echo
     from providers.protocol import token_columns as columns
 
-    from .transport import JSON_EXTENSION
+    from .transport import JSON_EXTENSION, OversizedBody
 
     try:
         ctx = context_for(reference, row)
@@ -731,13 +736,9 @@ async def _ask(provider: Any, reference: Side, row: TextRow, failed: type[Except
         return c
     except (MalformedAnswer, ValueError, TypeError, KeyError) as e:
         return _degrade(c, "malformed_answer", f"{type(e).__name__}: {e}")
-    except Exception as e:  # noqa: BLE001 - transport failures after retries: this row only
-        import httpx
-
-        if isinstance(e, httpx.TransportError):
-            c.error = f"request failed after retries: {type(e).__name__}: {e}"
-            return c
-        raise
+    except (httpx.TransportError, OversizedBody) as e:   # after retries: this row only
+        c.error = f"request failed after retries: {type(e).__name__}: {e}"
+        return c
     if echo is None:
         return _degrade(c, "no_prompt_logprobs", "the answer holds no prompt echo")
     return echo_span(c, echo, ctx, prompt)

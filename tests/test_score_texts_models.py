@@ -213,4 +213,5 @@ def test_llama_server_cannot_score_given_text_and_is_refused_before_any_call(lla
         code = cli.main([*args, *target, "--base-url", f"{llama_server}/v1"])
         assert code == 3
     assert prompt_tokens_served(llama_server) == before
-    assert not (tmp_path / "run" / "exchanges.jsonl").exists()
+    recorded = tmp_path / "run" / "exchanges.jsonl"   # the model list, at most
+    assert '"POST' not in (recorded.read_text() if recorded.exists() else "")
