@@ -46,7 +46,7 @@ CHROMIUM = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 STAGE = r"""
-import json, resource, sys, time
+import json, sys, time
 sys.path.insert(0, {root!r})
 run, stage = {run!r}, {stage!r}
 t = time.monotonic()
@@ -78,14 +78,15 @@ elif stage == "report":
 elif stage == "pack":
     from blackbox_audit.rundir import RunDir
     RunDir(run).pack()
-print(json.dumps({{"wall": time.monotonic() - t,
-                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+# VmHWM: this process's own peak (ru_maxrss survives exec: it would report the bench's size)
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+print(json.dumps({{"wall": time.monotonic() - t, "rss_mb": hwm / 1024}}))
 """
 
 
 def clone(seed: Path, dst: Path, n: int, exchanges: Path | None) -> None:
     """N rows cloned from the seed run, new prefill ids, score rows in today's format."""
-    from blackbox_audit.heat import pieces_json
+    from blackbox_audit.heat import pieces_json, text_digest
     from blackbox_audit.rundir import RunDir
 
     src = RunDir(seed)
@@ -117,15 +118,27 @@ def clone(seed: Path, dst: Path, n: int, exchanges: Path | None) -> None:
         while written < n:
             tag = f"{k:05d}"
             take = min(len(comp_lines), n - written)
+            # Each clone's text gets its own tag, so no two rows are identical continuations
+            # (the report and themes collapse those): the last piece of the score row's
+            # per-token data covers it.
+            suffix = f" #{tag}"
+            texts = {}
             for line in comp_lines[:take]:
                 o = json.loads(line)
+                if o.get("text"):
+                    o["text"] += suffix
+                texts[o["prefill_id"] + ":" + o["framing"]] = o["text"]
                 o["prefill_id"] += tag
                 fc.write(json.dumps(o, ensure_ascii=False) + "\n")
-            keep = {json.loads(line)["prefill_id"] for line in comp_lines[:take]}
             for line in score_lines:
                 o = json.loads(line)
-                if o["prefill_id"] in keep:
+                text = texts.get(o["prefill_id"] + ":" + o["framing"])
+                if text is not None:
                     o["prefill_id"] += tag
+                    h = o.get("heat")
+                    if h and h.get("e"):
+                        h["e"][-1] += len(suffix)
+                        h["h"] = text_digest(text)
                     fs.write(json.dumps(o, ensure_ascii=False) + "\n")
             for j in range(take):   # one recorded answer per row, its request made unique
                 o = json.loads(ex_lines[j % len(ex_lines)])
@@ -180,7 +193,7 @@ def main() -> None:
     names = ["score", "rank", "eval", "show", "report", "pack"]
     results = {}
     for n in a.sizes:
-        run = Path(a.out) / f"n{n}"
+        run = Path(a.out).resolve() / f"n{n}"
         t = time.monotonic()
         clone(Path(a.seed), run, n, a.exchanges)
         plain = du(run)
