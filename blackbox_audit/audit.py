@@ -212,9 +212,15 @@ def generate(plan: Plan, run: RunDir) -> Manifest:
 
 
 async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest],
-               run: RunDir, stats: TransportStats, quiet: bool = True) -> dict[str, Any]:
+               run: RunDir, stats: TransportStats, quiet: bool = True,
+               sample: GenerationRequest | None = None) -> dict[str, Any]:
     """Send every request in ``todo``; append each answer (or failure) as it arrives. Returns
-    what the endpoint turned out to be (flavour, capabilities, the probe's report)."""
+    what the endpoint turned out to be (flavour, capabilities, the probe's report).
+
+    The preflight probes with a 2-token version of ``sample`` (default: the first of
+    ``todo``). A caller that sends in turns (verify) passes the same sample every turn, so
+    each turn's probe is the one recorded request, and no turn is judged by a prompt that
+    happens to end at once."""
     from providers.base import RequestFailed
 
     from .preflight import run_preflight
@@ -244,7 +250,7 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
                                 max_connections=e.concurrency, ledger=ledger) as client:
             # Preflight: the same 2-token version of the first request the run has always sent
             # (so recorded runs replay), plus a prefill check when the run relies on one.
-            first = todo[0]
+            first = sample or todo[0]
             sample = GenerationRequest(first.prefill, first.framing, 2, first.top_logprobs,
                                        prompt=first.prompt, messages=first.messages)
             provider, report = await run_preflight(

@@ -381,16 +381,15 @@ def _verify(vp: VerifyPlan, run: RunDir) -> VerifyResult:
     anchor = order[0]
 
     def generate(todo: list[GenerationRequest]) -> None:
-        """One generation turn. ``send`` preflights with a 2-token version of its first
-        request: always the run's first prompt (answered from the recording after the first
-        turn), so a later turn cannot be refused for a prompt that ends at once."""
+        """One generation turn. ``send`` preflights with a 2-token version of the run's
+        first prompt every turn (answered from the recording after the first turn), so a
+        later turn cannot be refused for a prompt that ends at once, and no row is sent
+        again to serve as the probe."""
         nonlocal info
         if not todo:
             return
-        if todo[0].row_key != anchor.row_key:
-            todo = [anchor, *[r for r in todo if r.row_key != anchor.row_key]]
         info = asyncio.run(send(p.endpoint, p.generation, todo, run, stats_io,
-                                quiet=True)) or info
+                                quiet=True, sample=anchor)) or info
 
     prompt_log = run.path / "verify_prompts.jsonl"
     write_atomic(prompt_log, "")   # rewritten from the completions on every run: derived
