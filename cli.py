@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra attempts per request on 429, 5xx, timeouts and broken answers "
                         "(3), with jittered exponential backoff or the server's Retry-After; "
                         "401/403/404 are never retried")
+    t.add_argument("--pin-upstream", metavar="NAME",
+                   help="a router's one upstream for every request (OpenRouter: provider.order "
+                        "[NAME] with allow_fallbacks false), so answers are not a mixture")
     t.add_argument("--verify-prompts", action="store_true",
                    help="ask the endpoint to echo every prompt as it tokenised it (vLLM "
                         "prompt_logprobs, Together / Fireworks echo) and mark rows whose prompt "
@@ -334,6 +337,9 @@ def _add_verify_parser(sub) -> None:
     t.add_argument("--timeout", type=float, default=120.0, help="seconds per attempt (120)")
     t.add_argument("--retries", type=int, default=3, help="extra attempts per request (3)")
     t.add_argument("--concurrency", type=int, default=4, help="requests in flight at most (4)")
+    t.add_argument("--pin-upstream", metavar="NAME",
+                   help="a router's one upstream for every request (OpenRouter: provider.order "
+                        "[NAME] with allow_fallbacks false), so answers are not a mixture")
     c = v.add_argument_group("claim and null")
     c.add_argument("--claimed", metavar="MODEL",
                    help="the open weights the endpoint claims: a local directory, a .gguf file "
@@ -526,7 +532,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             min_compression_ratio=args.min_compression_ratio, noise_floor=args.noise_floor,
             generate_only=args.generate_only, max_degraded_share=args.max_degraded_share,
             quiet=args.quiet, reference_only=args.reference_only, pricing=args.pricing,
-            verify_prompts=args.verify_prompts, torch_threads=args.threads)
+            verify_prompts=args.verify_prompts, torch_threads=args.threads,
+            pin_upstream=args.pin_upstream)
         ba.apply_process_settings(p.process)
         result = ba.audit(p)
         if p.generate_only:
@@ -615,7 +622,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             order_seed=args.order_seed, record_mode=args.record_mode, fixtures=args.fixtures,
             device=args.device, concurrency=args.concurrency, timeout=args.timeout,
             retries=args.retries, pricing=args.pricing, quiet=args.quiet,
-            torch_threads=args.threads)
+            torch_threads=args.threads, pin_upstream=args.pin_upstream)
         ba.apply_process_settings(vp.audit.process)
         result = ba.verify(vp)
         print(describe(result, as_json=args.json))

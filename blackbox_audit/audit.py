@@ -259,7 +259,7 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
                 top_logprobs=g.top_logprobs, sample=sample,
                 rows_per_framing=len(todo) // max(len(g.framings), 1), max_tokens=g.max_tokens,
                 prices=e.prices, for_audit=True, token_ids=e.token_ids,
-                offline=e.record_mode == "replay")
+                offline=e.record_mode == "replay", upstream=e.upstream)
             info.update(flavour=report.target.get("flavour") or target.kind,
                         capabilities=provider.capabilities.to_json(), preflight=report.to_json())
             if report.refusal:

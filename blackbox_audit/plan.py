@@ -81,6 +81,7 @@ class Settings:
     reference_only: bool = False         # degraded mode for targets without logprobs
     pricing: str | None = None           # JSON file over the built-in pricing table
     verify_prompts: bool = False         # echo every prompt back; mark prefill_altered rows
+    pin_upstream: str | None = None      # the one upstream a router must serve from
     torch_threads: int | None = None     # default: the machine's cores
 
 
@@ -152,6 +153,7 @@ class EndpointPlan:
     reference_only: bool
     token_ids: bool                     # the run scores token ids: ask where only on request
     prices: PriceTable
+    upstream: str | None = None         # a router's pinned upstream (--pin-upstream)
 
     @property
     def base_url(self) -> str | None:
@@ -218,6 +220,7 @@ class Plan:
             "max_degraded_share": self.max_degraded_share,
             "target": e.target_arg, "reference_only": e.reference_only,
             "pricing": e.prices.path, "verify_prompts": e.verify_prompts,
+            "pin_upstream": e.upstream,
         }
 
 
@@ -309,7 +312,8 @@ def resolve(s: Settings) -> Plan:
         fixtures=Path(s.fixtures) if s.fixtures else out / "exchanges.jsonl",
         timeout=s.timeout, concurrency=s.concurrency, start_concurrency=s.start_concurrency,
         retry=retry, verify_prompts=s.verify_prompts, reference_only=s.reference_only,
-        token_ids=s.alignment == "ids", prices=PriceTable.load(s.pricing))
+        token_ids=s.alignment == "ids", prices=PriceTable.load(s.pricing),
+        upstream=pinned_upstream(s.pin_upstream, target))
     scoring = ScoringPlan(reference=ReferenceSpec.parse(s.reference), device=s.device,
                           alignment=s.alignment, chat_template=s.chat_template,
                           ranking=ranking, noise_floor=s.noise_floor,
@@ -319,6 +323,21 @@ def resolve(s: Settings) -> Plan:
                 mode="reference-only" if s.reference_only else "perplexity-difference",
                 generate_only=s.generate_only, max_degraded_share=s.max_degraded_share,
                 quiet=s.quiet, warnings=tuple(warnings))
+
+
+def pinned_upstream(name: str | None, target: Any) -> str | None:
+    """``--pin-upstream NAME``, checked against what the target's adapter can pin."""
+    if name is None:
+        return None
+    name = name.strip()
+    if not name:
+        raise ConfigError("--pin-upstream needs the name of an upstream provider, e.g. "
+                          "Together.")
+    if not target.adapter.pins_upstream(target.flavour):
+        raise ConfigError(f"--pin-upstream applies to routers that take a pin (OpenRouter: "
+                          f"openrouter:MODEL or --flavour openrouter); {target.kind} "
+                          f"({target.flavour or target.family}) serves from one place.")
+    return name
 
 
 def writable_run_dir(out: Path) -> Path:

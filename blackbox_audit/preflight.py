@@ -464,7 +464,8 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
                         warnings: list[str], chat_mode: str, reference_only: bool,
                         top_logprobs: int, sample: GenerationRequest | None,
                         rows_per_framing: int, max_tokens: int, prices: PriceTable,
-                        for_audit: bool, token_ids: bool = False, offline: bool = False):
+                        for_audit: bool, token_ids: bool = False, offline: bool = False,
+                        upstream: str | None = None):
     """Discover, build the adapter, confirm with at most 3 calls, estimate. ``token_ids``:
     the run scores token ids, so ask for them where they come only on request; ``offline``:
     answers come from fixtures (no tokenizer download for the estimate). Returns
@@ -500,7 +501,8 @@ async def run_preflight(target, client, api_key: str | None, *, planned: list[st
         report.confirmed["model_listed"] = listed
     provider = make_provider(target, client, api_key, flavour=flavour, chat_mode=chat_mode,
                              options=RequestOptions(reference_only=reference_only,
-                                                    ask_token_ids=token_ids))
+                                                    ask_token_ids=token_ids,
+                                                    upstream=upstream))
     caps = provider.capabilities
     report.declared = caps.to_json()
     report.framings = possible_framings(target, caps, chat_mode)

@@ -109,6 +109,7 @@ class Completion:
     mode: str | None = None
     detail: str | None = None
     chat_prompts: list[str] | None = None   # [system, user] the chat framing used
+    upstream: str | None = None   # who served it, where a router says (OpenRouter "provider")
 
     @property
     def row_key(self) -> str:

@@ -31,7 +31,8 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -138,7 +139,8 @@ def verify_plan(*, out: str | Path, claimed: str | None = None, target: str | No
                 fixtures: str | Path | None = None, device: str | None = None,
                 concurrency: int = 4, timeout: float = 120.0, retries: int = 3,
                 pricing: str | None = None, quiet: bool = False,
-                torch_threads: int | None = None) -> VerifyPlan:
+                torch_threads: int | None = None,
+                pin_upstream: str | None = None) -> VerifyPlan:
     """Check a verification's settings and resolve them (``claimed``: a local directory,
     GGUF file or hub id; None = the packaged SmolLM2)."""
     ps = prompts or PromptSet()
@@ -184,7 +186,7 @@ def verify_plan(*, out: str | Path, claimed: str | None = None, target: str | No
                    start_concurrency=min(concurrency, 4), retries=retries, timeout=timeout,
                    record_mode=record_mode, fixtures=fixtures, reference=claimed,
                    device=device, alignment="ids", quiet=quiet, pricing=pricing,
-                   torch_threads=torch_threads)
+                   torch_threads=torch_threads, pin_upstream=pin_upstream)
     return VerifyPlan(audit=p, prompts=ps, calibrate=calibrate, calibration=cal,
                       noise_floor=float(noise_floor) if noise_floor is not None else None,
                       alpha=alpha, max_tokens_budget=max_tokens_budget, max_cost=max_cost,
@@ -616,6 +618,7 @@ def honesty_checks(vp: VerifyPlan, run: RunDir, order: Sequence[GenerationReques
     # quarter of the pairs and 0.05 nats; sampling changes nearly every 32-token pair.
     checks.append(check_determinism(pairs, atol=DETERMINISM_ATOL,
                                     allowed_id_mismatches=len(pairs) // 4))
+    checks.append(check_one_upstream(done.values()))
     caps = info.get("capabilities") or {}
     if caps.get("echo"):
         checks.append(echo_check(vp, firsts, done))
@@ -624,6 +627,25 @@ def honesty_checks(vp: VerifyPlan, run: RunDir, order: Sequence[GenerationReques
                                    "not checked: the endpoint offers no echo / prompt "
                                    "logprobs", {}))
     return checks
+
+
+def check_one_upstream(rows: Iterable[Completion]) -> HonestyCheck:
+    """Every answer came from one upstream, where a router names them (OpenRouter routes one
+    model name to several providers unless pinned): a verdict over a mixture says nothing of
+    any one of them. Not checked when no answer names its upstream."""
+    named = Counter(c.upstream for c in rows if c.upstream and c.error is None)
+    n = sum(named.values())
+    if not n:
+        return HonestyCheck("one_upstream", None, 0, 0, "not checked: no answer named the "
+                            "upstream that served it (not a router, or it does not say)", {})
+    main, most = named.most_common(1)[0]
+    failed = n - most
+    summary = (f"all {n} answers from {main}" if not failed else
+               f"{failed} of {n} answers came from another upstream than {main} "
+               f"({dict(named)}): verify one at a time (OpenRouter: provider.order with "
+               "allow_fallbacks false)")
+    return HonestyCheck("one_upstream", failed == 0, n, failed, summary,
+                        {"upstreams": dict(named)})
 
 
 def repeat_request(r: GenerationRequest) -> GenerationRequest:

@@ -64,11 +64,14 @@ class RequestOptions:
     log-probabilities), to check that it carries the prefill (the probe; --verify-prompts).
     ``ask_token_ids``: ask for token ids where the endpoint names tokens by id only on request
     (``Provider.ids_on_request``; --alignment ids).
+    ``upstream``: the one upstream a router must serve every request from (--pin-upstream;
+    ``Provider.pins_upstream``), so answers are not a mixture of providers.
     """
 
     reference_only: bool = False
     echo_prompts: bool = False
     ask_token_ids: bool = False
+    upstream: str | None = None
 
 
 DEFAULT_OPTIONS = RequestOptions()
@@ -122,6 +125,11 @@ class Provider(ABC):
     def chat_mode(cls, caps: Capabilities, asked: str) -> str:
         """The chat mode a run uses when ``asked`` for one (template | prefill)."""
         return asked
+
+    @classmethod
+    def pins_upstream(cls, flavour: str) -> bool:
+        """Can a request say which upstream must serve it (a router's pin)?"""
+        return False
 
     @classmethod
     def server_prefill(cls, chat_mode: str) -> bool:
@@ -187,7 +195,7 @@ class Provider(ABC):
     def ask_token_ids(self) -> bool:
         return self.options.ask_token_ids
 
-    def with_options(self, **changes: bool) -> Provider:
+    def with_options(self, **changes: bool | str | None) -> Provider:
         """The same adapter (same client, same SDK) asking differently: a new object, this
         one unchanged (the probe confirms echo in its own calls this way)."""
         other = copy.copy(self)

@@ -141,6 +141,11 @@ class OpenAICompatibleProvider(Provider):
         return out
 
     @classmethod
+    def pins_upstream(cls, flavour: str) -> bool:
+        """OpenRouter takes ``provider.order`` with ``allow_fallbacks: false``."""
+        return flavour == "openrouter"
+
+    @classmethod
     async def discover(cls, client: httpx.AsyncClient, model: str) -> tuple[str, str]:
         found, models = await discover(client, model)
         return found, ("yes" if model in models else "no /models list" if not models
@@ -184,8 +189,13 @@ class OpenAICompatibleProvider(Provider):
             else None
 
     def _sampling(self) -> dict[str, Any]:
+        extras = GREEDY_EXTRAS[self.flavour]
+        if self.options.upstream and self.pins_upstream(self.flavour):
+            extras = {**extras, "provider": {**extras.get("provider", {}),
+                                             "order": [self.options.upstream],
+                                             "allow_fallbacks": False}}
         return {"temperature": 0.0, "top_p": 1.0, "presence_penalty": 0.0,
-                "frequency_penalty": 0.0, **GREEDY_EXTRAS[self.flavour]}
+                "frequency_penalty": 0.0, **extras}
 
     def build(self, req: GenerationRequest) -> WireRequest:
         # A known service's documented limit caps k; an unknown server gets what was asked.
@@ -252,12 +262,24 @@ class OpenAICompatibleProvider(Provider):
                                     finish_reason=choice.get("finish_reason"),
                                     prompt_tokens=usage.get("prompt_tokens"),
                                     model=payload.get("model"))
+        c.upstream = upstream_of(payload)
         if dropped:
             c.degraded.append("prefill_dropped")
         if self.echo_prompts:
             attach_echo(c, echo or prompt_echo(payload, choice), req.prefill.text,
                         in_user_turn=req.framing == "chat-continue")
         return c
+
+
+def upstream_of(payload: dict[str, Any]) -> str | None:
+    """The upstream a router names as having served this answer: OpenRouter's top-level
+    ``provider`` (its documented response field). Untrusted text: printable, 100 characters at
+    most; anything else is "not named"."""
+    name = payload.get("provider")
+    if not isinstance(name, str) or not name.strip():
+        return None
+    name = "".join(ch for ch in name.strip() if ch.isprintable())[:100]
+    return name or None
 
 
 def _prefilled(req: GenerationRequest) -> bool:

@@ -241,6 +241,47 @@ def test_openrouter_requires_parameters_and_dropped_logprobs_are_marked():
 
 
 @respx.mock
+def test_a_routers_named_upstream_is_kept_on_each_row_and_a_mixture_fails_verify():
+    """OpenRouter names the provider that served each answer (its top-level ``provider``);
+    verify's one_upstream check fails when answers came from more than one."""
+    from blackbox_audit.verifier import check_one_upstream
+
+    answers = []
+    for name in ("Together", "Together", "DeepInfra\u202e\n"):
+        a = S.openai_legacy("m", P.text, PIECES)
+        a["provider"] = name
+        answers.append(httpx.Response(200, json=a))
+    respx.post("http://127.0.0.1:9/v1/completions").mock(side_effect=answers)
+    p = compat("openrouter")
+    rows = [run(p.generate(GenerationRequest(P, "raw", 2, 5, prompt=P.text)))
+            for _ in answers]
+    assert [c.upstream for c in rows] == ["Together", "Together", "DeepInfra"]  # printable only
+    assert check_one_upstream(rows[:2]).passed is True
+    mixed = check_one_upstream(rows)
+    assert mixed.passed is False and mixed.n_failed == 1
+    assert mixed.evidence["upstreams"] == {"Together": 2, "DeepInfra": 1}
+    plain = Completion.from_json({**rows[0].to_json(), "upstream": None})
+    assert check_one_upstream([plain]).passed is None       # no router: nothing to check
+
+
+@respx.mock
+def test_pin_upstream_asks_a_router_for_one_provider_and_is_refused_elsewhere(tmp_path):
+    from blackbox_audit.plan import plan
+
+    route = respx.post("http://127.0.0.1:9/v1/completions").respond(
+        200, json=S.openai_legacy("m", P.text, PIECES))
+    pinned = compat("openrouter").with_options(upstream="Together")
+    run(pinned.generate(GenerationRequest(P, "raw", 2, 5, prompt=P.text)))
+    assert json.loads(route.calls[0].request.content)["provider"] == {
+        "require_parameters": True, "order": ["Together"], "allow_fallbacks": False}
+    p = plan(out=str(tmp_path / "a"), target="openrouter:m", pin_upstream="Together")
+    assert p.endpoint.upstream == "Together" and p.config_json()["pin_upstream"] == "Together"
+    with pytest.raises(ConfigError, match="routers"):
+        plan(out=str(tmp_path / "b"), target="llama.cpp:m", base_url="http://127.0.0.1:9/v1",
+             pin_upstream="Together")
+
+
+@respx.mock
 def test_deepseek_placeholder_logprobs_are_degraded_and_raw_is_impossible():
     respx.post("http://127.0.0.1:9/v1/chat/completions").respond(200, json=S.compatible_chat(
         "deepseek-chat", [(" two", 0.0), (" rival", -9999.0)], top=False))

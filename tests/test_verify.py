@@ -240,7 +240,8 @@ def test_a_recorded_verification_replays_to_the_same_verdict(tmp_path):
     assert doc["prompt_set"]["version"] == "verify-v1" and doc["calibration"]["prompts"] == 104
     assert {h["name"]: h["passed"] for h in doc["honesty"]} == {
         "greedy_argmax": True, "topk_mass": True, "logprob_matches_topk": True,
-        "determinism": True, "echo_consistency": None, "prompt_tokens": True}
+        "determinism": True, "one_upstream": None, "echo_consistency": None,
+        "prompt_tokens": True}                       # llama-server is no router
     rows = [json.loads(x) for x in (out / "verify_prompts.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and all(r["role"] == "judged" for r in rows)
     cal_keys = {json.loads(x)["stats"]["key"] for x in
