@@ -52,3 +52,9 @@ class ReferenceError_(AuditError):
     """The local reference model could not be found or loaded."""
 
     exit_code = 6
+
+
+class ScorerError(ReferenceError_):
+    """The scorer pool could not start or keep going (ray missing, no cluster at the address,
+    replicas that cannot load the model or keep dying): the same exit code as a reference
+    that cannot be loaded, since to the user it is the same failure, one step removed."""
