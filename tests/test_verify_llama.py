@@ -202,6 +202,20 @@ def _differs(name: str, url: str, calibration: Path, out: Path):
     return r
 
 
+def test_max_cost_stops_after_the_turn_that_reaches_it(servers, calibration, tmp_path):
+    """--max-cost: a priced model (here 1,000 USD per million tokens, so one turn of 8
+    prompts costs about 0.4 USD) stops once the spend reaches the cap, with what it has."""
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"smollm2": {"input": 1000.0, "output": 1000.0}}))
+    out = tmp_path / "cost"
+    r = _verify(servers["same"], out, calibration=calibration, max_tokens_budget=2400,
+                max_cost=0.1, pricing=str(prices), record_mode="off")
+    spent = json.loads((out / "verify.json").read_text())["spent"]
+    assert spent["stopped_by_cost"] is True and spent["usd"] >= 0.1
+    assert r.verdict.tokens_used <= 8 * PROMPTS.max_tokens < 2400   # one turn, not the budget
+    assert r.outcome == "inconclusive" and r.exit_code == 9
+
+
 def test_b_q4_0_differs(servers, calibration, tmp_path):
     r = _differs("(b) Q4_0", servers["q4_0"], calibration, tmp_path / "q4_0")
     assert r.outcome == "differs" and r.exit_code == 8
