@@ -252,7 +252,8 @@ def _add_score_texts(sub) -> None:
                    help="an endpoint that returns prompt log-probabilities: vllm:MODEL "
                         "(prompt_logprobs), together:MODEL or fireworks:MODEL (echo)")
     t.add_argument("--target-local", metavar="PATH",
-                   help="a local model directory or .gguf file, scored like the reference")
+                   help="a local model directory or .gguf file, scored like the reference "
+                        "(smollm2: the packaged SmolLM2, e.g. the base against itself)")
     t.add_argument("--base-url", help="the endpoint's base URL (with --model)")
     t.add_argument("--model", help="the model's name at the endpoint")
     t.add_argument("--api-key-env", metavar="VAR",
