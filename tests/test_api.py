@@ -59,6 +59,28 @@ def test_a_bad_setting_fails_when_the_plan_is_made(tmp_path):
         ba.plan(out=tmp_path, model="m", base_url="http://127.0.0.1:9/v1?key=abcdefgh")
 
 
+def test_the_paper_profile_supplies_what_is_not_given_and_says_what_the_bank_holds(tmp_path):
+    import cli
+
+    p = ba.plan(profile="paper", out=str(tmp_path / "a"), base_url="http://127.0.0.1:9/v1",
+                model="m")
+    g = p.generation
+    assert (g.per_corpus, g.framings, g.prefill_tokens, g.max_tokens) == \
+        (10000, ("raw", "chat"), 3, 100)
+    assert any("6,000 openings per corpus" in w and "--prefills file:" in w
+               for w in p.warnings)
+    mine = ba.plan(profile="paper", per_corpus=50, framings=("raw",),
+                   out=str(tmp_path / "b"), base_url="http://127.0.0.1:9/v1", model="m")
+    assert (mine.generation.per_corpus, mine.generation.framings) == (50, ("raw",))
+    assert not mine.warnings                          # 50 fit in the bank
+    assert ba.plan(out=str(tmp_path / "c"), base_url="http://127.0.0.1:9/v1",
+                   model="m").generation.per_corpus == 1000   # no profile: the default
+    with pytest.raises(ba.ConfigError, match="Unknown profile"):
+        ba.plan(profile="huge", out=str(tmp_path / "d"), base_url="x", model="m")
+    with pytest.raises(SystemExit):                   # argparse: exit 2, the choices named
+        cli.build_parser().parse_args(["audit", "--profile", "huge"])
+
+
 def test_the_plan_cannot_change_after_it_is_built(tmp_path):
     from blackbox_audit.plan import mutable_parts
 
