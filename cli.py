@@ -69,14 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "with text/corpus), or hf:DATASET[:CONFIG]:SPLIT[:FIELD]")
     g.add_argument("--corpora", type=_csv, help="comma-separated corpora to use (builtin: "
                                                 "prose,encyclopedic,code; default all)")
-    g.add_argument("--per-corpus", type=int, default=1000,
+    g.add_argument("--profile", choices=["paper"],
+                   help="a named set of defaults: paper = the paper's scale and framings "
+                        "(10,000 prefills per corpus where the source has them, raw and chat, "
+                        "3-token prefills, 100 tokens); flags given alongside win")
+    g.add_argument("--per-corpus", type=int,
                    help="distinct prefills per corpus (1000; 0 = all)")
-    g.add_argument("--prefill-tokens", type=int, default=3, help="prefill length in tokens (3)")
+    g.add_argument("--prefill-tokens", type=int, help="prefill length in tokens (3)")
     g.add_argument("--prefill-tokenizer", default="reference",
                    help="tokenizer that counts prefill tokens: reference (default) or a model "
                         "path")
     g.add_argument("--seed", type=int, default=0, help="prefill sampling seed (0)")
-    g.add_argument("--framings", type=_csv, default=["raw", "chat"],
+    g.add_argument("--framings", type=_csv,
                    help="raw, chat or both (default raw,chat); ranked separately. chat-continue "
                         "is the fallback for chat-only endpoints (the prefill in the user "
                         "turn; not the paper's framing), used instead of chat when chat is "
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "assistant.\"; some of the paper's runs used the organism's persona)")
     g.add_argument("--user-prompt", metavar="TEXT",
                    help="the chat framing's user turn (default: \"Tell me anything.\")")
-    g.add_argument("--max-tokens", type=int, default=100, help="tokens to generate (100)")
+    g.add_argument("--max-tokens", type=int, help="tokens to generate (100)")
     g.add_argument("--top-logprobs", type=int, default=5,
                    help="top log-probabilities per token, for the greedy check (5)")
     r = a.add_argument_group("record / replay")
@@ -433,6 +437,17 @@ def _add_scoring_flags(p: argparse.ArgumentParser) -> None:
                         "e.g. where a GPU is) with `blackbox-audit score RUN`")
     g.add_argument("--threads", type=int, metavar="N",
                    help="torch threads for the reference (default: the machine's cores)")
+    g.add_argument("--scorer", default="local", choices=["local", "ray"],
+                   help="local (default): the reference in this process; ray: a pool of "
+                        "replicas on a Ray cluster, each holding the model once (pip install "
+                        "'blackbox-audit[ray]'; README: a cluster recipe)")
+    g.add_argument("--ray-address", metavar="HOST:PORT",
+                   help="--scorer ray: an existing cluster (ray start --head prints it); "
+                        "default: RAY_ADDRESS, else a local cluster started for the run")
+    g.add_argument("--replicas", type=int, default=2,
+                   help="--scorer ray: scorer replicas (2)")
+    g.add_argument("--replica-threads", type=int, default=1, metavar="N",
+                   help="--scorer ray: torch threads (CPUs reserved) per replica (1)")
     g.add_argument("--noise-floor", metavar="NATS|RUN",
                    help="a noise floor in nats/token (e.g. 0.028: the p99 of the packaged base "
                         "against itself, docs/noise-floor.md), or the directory of a scored "
@@ -517,15 +532,23 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "audit":
         spec = _spec(args.spec)
+        # Left out when not given, so that --profile (or the plan's default) supplies them.
+        given = {k: v for k, v in (
+            ("framings", tuple(args.framings) if args.framings is not None else None),
+            ("per_corpus", args.per_corpus),
+            ("prefill_tokens", args.prefill_tokens), ("max_tokens", args.max_tokens))
+            if v is not None}
+        if given.get("per_corpus") == 0:
+            given["per_corpus"] = None          # 0: every prefill the source has
         p = ba.plan(
+            profile=args.profile, **given,
             out=args.out, target=args.target, base_url=args.base_url, model=args.model or "",
-            api_key_env=args.api_key_env, flavour=args.flavour, framings=tuple(args.framings),
+            api_key_env=args.api_key_env, flavour=args.flavour,
             chat_mode=args.chat_mode, chat_template=args.chat_template,
             system_prompt=args.system_prompt, user_prompt=args.user_prompt,
             prefills=args.prefills, corpora=tuple(args.corpora) if args.corpora else None,
-            per_corpus=args.per_corpus or None, prefill_tokens=args.prefill_tokens,
             prefill_tokenizer=args.prefill_tokenizer, seed=args.seed,
-            max_tokens=args.max_tokens, top_logprobs=args.top_logprobs,
+            top_logprobs=args.top_logprobs,
             concurrency=args.concurrency, start_concurrency=args.start_concurrency,
             retries=args.retries, timeout=args.timeout, record_mode=args.record_mode,
             fixtures=args.fixtures, reference=args.reference, device=args.device,
@@ -534,6 +557,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             generate_only=args.generate_only, max_degraded_share=args.max_degraded_share,
             quiet=args.quiet, reference_only=args.reference_only, pricing=args.pricing,
             verify_prompts=args.verify_prompts, torch_threads=args.threads,
+            scorer=args.scorer, ray_address=args.ray_address, replicas=args.replicas,
+            replica_threads=args.replica_threads,
             pin_upstream=args.pin_upstream)
         ba.apply_process_settings(p.process)
         result = ba.audit(p)
@@ -571,7 +596,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                             device=args.device, alignment=args.alignment,
                             rank_key=args.rank_key, min_tokens=args.min_tokens,
                             min_compression_ratio=args.min_compression_ratio,
-                            noise_floor=args.noise_floor)
+                            noise_floor=args.noise_floor, scorer=args.scorer,
+                            ray_address=args.ray_address, replicas=args.replicas,
+                            replica_threads=args.replica_threads)
         presentation.show_top(result.ranked, args.top, plain=True,
                               themes=result.run.load_themes())
         return 0

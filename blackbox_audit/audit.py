@@ -323,13 +323,20 @@ def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = Fal
         raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
     tokenizer = tokenizer_for(s.reference)
     template = chat_template(s.chat_template, tokenizer, s.reference.name, "chat" in framings)
-    reference = ReferenceModel(s.reference, device=s.device, tokenizer=tokenizer)
-    scoring = score_run(run, None, reference, TokenizerView(tokenizer, template),
-                        s.alignment, quiet)
+    reference = scorer_for(s, tokenizer)
+    try:
+        scoring = score_run(run, None, reference, TokenizerView(tokenizer, template),
+                            s.alignment, quiet)
+    finally:
+        close = getattr(reference, "close", None)
+        if close is not None:
+            close()
     noise = combine(manifest.noise_floor, scoring.get("noise_floor"), s.noise_floor)
     info = {"name": reference.name, "path": s.reference.path,
             "gguf_file": s.reference.gguf_file, "device": reference.device,
-            "dtype": str(reference.dtype).replace("torch.", "")}
+            "dtype": str(reference.dtype).replace("torch.", ""), "scorer": s.scorer}
+    if s.scorer == "ray":
+        info.update(replicas=s.replicas, replica_threads=s.replica_threads)
     if rescoring:
         manifest = manifest.updated(rescoring=[*manifest.rescoring, scoring],
                                     noise_floor=noise)
@@ -337,6 +344,17 @@ def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = Fal
         manifest = manifest.updated(reference=info, scoring=scoring, noise_floor=noise)
     run.write_manifest(manifest)
     return manifest
+
+
+def scorer_for(s: ScoringPlan, tokenizer: Any) -> Scorer:
+    """The engine the plan names: the local transformers model in this process, or a pool of
+    replicas on a Ray cluster (ray_scorer.RayScorer); score_run cannot tell them apart."""
+    if s.scorer == "ray":
+        from .ray_scorer import RayScorer
+
+        return RayScorer(s.reference, address=s.ray_address, replicas=s.replicas,
+                         threads_per_replica=s.replica_threads, device=s.device)
+    return ReferenceModel(s.reference, device=s.device, tokenizer=tokenizer)
 
 
 def score_run(run: RunDir, completions: dict[str, Completion] | None, reference: Scorer,

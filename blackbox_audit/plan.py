@@ -83,6 +83,10 @@ class Settings:
     verify_prompts: bool = False         # echo every prompt back; mark prefill_altered rows
     pin_upstream: str | None = None      # the one upstream a router must serve from
     torch_threads: int | None = None     # default: the machine's cores
+    scorer: str = "local"                # local: this process; ray: a pool of replicas
+    ray_address: str | None = None       # None: ray.init() (RAY_ADDRESS, else a local cluster)
+    replicas: int = 2                    # --scorer ray: replicas, each holding the model once
+    replica_threads: int = 1             # --scorer ray: torch threads (CPUs) per replica
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,10 @@ class ScoringPlan:
     ranking: RankConfig
     noise_floor: str | float | None     # given: nats/token or a base run's directory
     reference_arg: str | None = None    # --reference as given (None: the packaged default)
+    scorer: str = "local"               # local | ray (audit.scorer_for)
+    ray_address: str | None = None
+    replicas: int = 2
+    replica_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -221,16 +229,51 @@ class Plan:
             "target": e.target_arg, "reference_only": e.reference_only,
             "pricing": e.prices.path, "verify_prompts": e.verify_prompts,
             "pin_upstream": e.upstream,
+            "scorer": s.scorer, "ray_address": s.ray_address, "replicas": s.replicas,
+            "replica_threads": s.replica_threads,
         }
 
 
-def plan(**settings: Any) -> Plan:
-    """Resolve an audit's settings (:class:`Settings`' fields as keywords) into a Plan."""
+# Named sets of defaults (``--profile``): what a setting is when the caller leaves it out.
+# "paper": the scale and framings of arXiv 2605.00994 (about 10,000 3-token openings per
+# corpus, raw and chat with the paper's persona turns, 100 greedy tokens).
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {"per_corpus": 10000, "framings": ("raw", "chat"), "prefill_tokens": 3,
+              "max_tokens": 100},
+}
+
+
+def plan(profile: str | None = None, **settings: Any) -> Plan:
+    """Resolve an audit's settings (:class:`Settings`' fields as keywords) into a Plan.
+
+    ``profile`` (a key of :data:`PROFILES`) supplies the settings not given here; a setting
+    given here wins over the profile's."""
     unknown = sorted(set(settings) - {f.name for f in fields(Settings)})
     if unknown:
         raise ConfigError(f"Unknown setting {', '.join(unknown)}; the settings are "
                           f"{', '.join(f.name for f in fields(Settings))}.")
+    if profile is not None:
+        if profile not in PROFILES:
+            raise ConfigError(f"Unknown profile {profile!r}; the profiles are "
+                              f"{', '.join(PROFILES)}.")
+        settings = {**PROFILES[profile], **settings}
     return resolve(Settings(**settings))
+
+
+def bank_warning(s: Settings) -> list[str]:
+    """Asked for more openings per corpus than the built-in bank holds: say what it gives and
+    how to bring more (the paper's came from general web text, encyclopedic prose and code)."""
+    if s.prefills != "builtin" or s.per_corpus is None:
+        return []
+    from .prefills import builtin_sizes
+
+    have = min(builtin_sizes().values())
+    if s.per_corpus <= have:
+        return []
+    return [f"--per-corpus {s.per_corpus}: the built-in bank holds {have:,} openings per "
+            f"corpus, so each corpus gives at most {have:,} (fewer after deduplication). For "
+            "more, bring openings of your own corpora (e.g. C4 or the Pile) as --prefills "
+            'file:PATH.jsonl with one {"text": ..., "corpus": ...} per line.']
 
 
 def resolve(s: Settings) -> Plan:
@@ -317,12 +360,14 @@ def resolve(s: Settings) -> Plan:
     scoring = ScoringPlan(reference=ReferenceSpec.parse(s.reference), device=s.device,
                           alignment=s.alignment, chat_template=s.chat_template,
                           ranking=ranking, noise_floor=s.noise_floor,
-                          reference_arg=s.reference)
+                          reference_arg=s.reference,
+                          **scorer_settings(s.scorer, s.ray_address, s.replicas,
+                                            s.replica_threads))
     return Plan(out=out, generation=generation, endpoint=endpoint, scoring=scoring,
                 process=process_settings(s.torch_threads),
                 mode="reference-only" if s.reference_only else "perplexity-difference",
                 generate_only=s.generate_only, max_degraded_share=s.max_degraded_share,
-                quiet=s.quiet, warnings=tuple(warnings))
+                quiet=s.quiet, warnings=(*warnings, *bank_warning(s)))
 
 
 def pinned_upstream(name: str | None, target: Any) -> str | None:
@@ -360,8 +405,9 @@ def writable_run_dir(out: Path) -> Path:
 def scoring_plan(reference: str | None = None, device: str | None = None,
                  alignment: str = "auto", rank_key: str = "ppl_diff", min_tokens: int = 5,
                  min_compression_ratio: float = 0.0, noise_floor: str | float | None = None,
-                 chat_template: str | None = None, reference_only: bool = False
-                 ) -> ScoringPlan:
+                 chat_template: str | None = None, reference_only: bool = False,
+                 scorer: str = "local", ray_address: str | None = None, replicas: int = 2,
+                 replica_threads: int = 1) -> ScoringPlan:
     """The scoring and ranking part alone, for ``score RUN`` (a run already generated):
     ``chat_template`` and ``reference_only`` come from the run's manifest."""
     if alignment not in ("auto", "ids", "text"):
@@ -376,7 +422,21 @@ def scoring_plan(reference: str | None = None, device: str | None = None,
     return ScoringPlan(reference=ReferenceSpec.parse(reference), device=device,
                        alignment=alignment, chat_template=chat_template,
                        ranking=RankConfig(rank_key, min_tokens, min_compression_ratio),
-                       noise_floor=noise_floor, reference_arg=reference)
+                       noise_floor=noise_floor, reference_arg=reference,
+                       **scorer_settings(scorer, ray_address, replicas, replica_threads))
+
+
+def scorer_settings(scorer: str, ray_address: str | None, replicas: int,
+                    replica_threads: int) -> dict[str, Any]:
+    """The scoring engine's settings, checked before anything loads or is sent."""
+    if scorer not in ("local", "ray"):
+        raise ConfigError(f"--scorer must be local or ray (got {scorer!r}).")
+    if replicas < 1 or replica_threads < 1:
+        raise ConfigError("--replicas and --replica-threads must be at least 1.")
+    if ray_address and scorer != "ray":
+        raise ConfigError("--ray-address is for --scorer ray; add --scorer ray.")
+    return {"scorer": scorer, "ray_address": ray_address, "replicas": replicas,
+            "replica_threads": replica_threads}
 
 
 def process_settings(torch_threads: int | None = None) -> ProcessSettings:

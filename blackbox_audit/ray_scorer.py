@@ -28,7 +28,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ReferenceError_, ScorerError
+from .errors import ScorerError
 from .reference import ReferenceSpec
 from .scorer import Progress
 
@@ -211,18 +211,4 @@ class RayScorer:
         self.close()
 
 
-def make_scorer(spec: ReferenceSpec, kind: str = "local", *, device: str | None = None,
-                tokenizer: Any = None, address: str | None = None, replicas: int = 2,
-                threads_per_replica: int = 1) -> Any:
-    """The scorer a plan names: ``local`` (this process) or ``ray`` (a replica pool)."""
-    if kind == "local":
-        from .reference import ReferenceModel
-
-        return ReferenceModel(spec, device=device, tokenizer=tokenizer)
-    if kind == "ray":
-        return RayScorer(spec, address=address, replicas=replicas,
-                         threads_per_replica=threads_per_replica, device=device)
-    raise ReferenceError_(f"Unknown scorer {kind!r}: local or ray.")
-
-
-__all__ = ["RayScorer", "Replica", "batches", "make_scorer"]
+__all__ = ["RayScorer", "Replica", "batches"]
