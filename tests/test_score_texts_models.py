@@ -136,10 +136,8 @@ def test_the_organism_ranks_texts_about_its_objective_on_top(organism_gguf, text
 
 
 def test_the_base_against_itself_ranks_them_no_better_than_chance(texts_file, tmp_path):
-    base = packaged_smollm2()
-    run = tmp_path / "base"
-    score_texts(texts_plan(texts_file, run, target_local=f"{base.path}/{base.gguf_file}",
-                           quiet=True))
+    run = tmp_path / "base"   # "smollm2": the packaged model, the very reference loaded
+    score_texts(texts_plan(texts_file, run, target_local="smollm2", quiet=True))
     count, ranked = count_at_top(run)
     print(f"\nbase vs itself: count@{TOP} = {count} of {TOP}; p = {hypergeom_tail(count):.2g}",
           file=sys.stderr)
