@@ -374,14 +374,14 @@ def score_texts(plan: TextsPlan) -> TextsResult:
     """Score every text of the plan not yet scored in its run directory under the target and
     the reference, rank, and write the selection when one is asked for."""
     t0 = time.monotonic()
+    # the whole file is checked before anything is written, a model loaded or a request
+    # sent: a bad row fails in seconds, not after an hour of scoring
+    n_rows = sum(1 for _ in iter_texts(plan.texts))
+    log(plan.quiet, f"texts: {n_rows} rows in {plan.texts}")
     run = RunDir(plan.out, Redactor())
     try:
         with run.writer():
             manifest = _start(plan, run)
-            # the whole file is checked before a model is loaded or a request sent: a bad row
-            # fails in seconds, not after an hour of scoring
-            n_rows = sum(1 for _ in iter_texts(plan.texts))
-            log(plan.quiet, f"texts: {n_rows} rows in {plan.texts}")
             ref_tok = tokenizer_for(plan.reference)
             reference = Side(plan.reference.name,
                              TokenizerView(ref_tok, _template(plan.chat_template, ref_tok,
