@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fixtures", metavar="PATH",
                    help="exchanges file (.jsonl or .jsonl.gz); default OUT/exchanges.jsonl")
     _add_scoring_flags(a)
+    a.add_argument("--overlap", action="store_true",
+                   help="score rows on a thread while generation is still running (the "
+                        "reference loads at the start): wall time near the longer of the two "
+                        "stages instead of their sum. Default torch threads: the cores less "
+                        "one")
     a.add_argument("--max-degraded-share", type=float, default=0.25,
                    help="fail (exit 5) when more than this share of rows is degraded or "
                         "failed (0.25); the rows are kept either way")
@@ -558,7 +563,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             quiet=args.quiet, reference_only=args.reference_only, pricing=args.pricing,
             verify_prompts=args.verify_prompts, torch_threads=args.threads,
             scorer=args.scorer, ray_address=args.ray_address, replicas=args.replicas,
-            replica_threads=args.replica_threads,
+            replica_threads=args.replica_threads, overlap=args.overlap,
             pin_upstream=args.pin_upstream)
         ba.apply_process_settings(p.process)
         result = ba.audit(p)

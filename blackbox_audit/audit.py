@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from . import __version__
 from .accounting import Pricer, run_totals, session_requests
-from .align import AlignmentError, TokenizerView, align, choose_alignment
+from .align import TokenizerView
 from .credentials import read_key, request_headers
 from .dispatch import AdaptiveLimiter, run_all
 from .errors import ConfigError, DegradedShareExceeded, EndpointError
@@ -42,7 +42,7 @@ from .framing import (
 )
 from .heat import GapStore, pieces_fit, token_gaps
 from .manifest import Counts, Manifest
-from .noise import combine, sample_keys, self_floor
+from .noise import combine
 from .plan import EndpointPlan, GenerationPlan, Plan, ScoringPlan, scoring_plan
 from .prefills import documents, make_cutter, select_prefills
 from .progress import Progress, count_progress
@@ -52,9 +52,9 @@ from .rank import rank as rank_rows
 from .records import Completion, GenerationRequest, Prefill
 from .redact import Redactor
 from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
+from .rowscorer import RowScorer
 from .rundir import RunDir
 from .scorer import Scorer
-from .scores import score_row
 from .themes import settings as theme_settings
 from .themes import themes_by_group
 from .transport import AttemptLedger, FixtureStore, TransportStats, build_client, ledger_totals
@@ -142,9 +142,11 @@ def writes(stage: Callable[..., T]) -> Callable[..., T]:
 
 
 @writes
-def generate(plan: Plan, run: RunDir) -> Manifest:
+def generate(plan: Plan, run: RunDir,
+             on_row: Callable[[Completion], None] | None = None) -> Manifest:
     """Stage 1: send every request of the plan not yet answered on disk; account for every
-    session (an interrupted one too: its calls were paid)."""
+    session (an interrupted one too: its calls were paid). ``on_row``: called with each row
+    once it is on disk (``overlap`` scores it meanwhile); it must not block."""
     manifest = run.read_manifest()
     g = plan.generation
     if manifest.generation and manifest.generation != g.settings():
@@ -202,7 +204,8 @@ def generate(plan: Plan, run: RunDir) -> Manifest:
     endpoint_info = manifest.endpoint
     if todo:  # a finished run re-ranks without touching the network
         try:
-            endpoint_info = asyncio.run(send(e, g, todo, run, stats, plan.quiet))
+            endpoint_info = asyncio.run(send(e, g, todo, run, stats, plan.quiet,
+                                              on_row=on_row))
         except BaseException:
             run.write_manifest(account(manifest, "interrupted").updated(status="interrupted"))
             raise
@@ -213,14 +216,16 @@ def generate(plan: Plan, run: RunDir) -> Manifest:
 
 async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest],
                run: RunDir, stats: TransportStats, quiet: bool = True,
-               sample: GenerationRequest | None = None) -> dict[str, Any]:
+               sample: GenerationRequest | None = None,
+               on_row: Callable[[Completion], None] | None = None) -> dict[str, Any]:
     """Send every request in ``todo``; append each answer (or failure) as it arrives. Returns
     what the endpoint turned out to be (flavour, capabilities, the probe's report).
 
     The preflight probes with a 2-token version of ``sample`` (default: the first of
     ``todo``). A caller that sends in turns (verify) passes the same sample every turn, so
     each turn's probe is the one recorded request, and no turn is judged by a prompt that
-    happens to end at once."""
+    happens to end at once. ``on_row``: called on the event loop with each row after it is
+    appended (so a consumer never sees a row that is not on disk); it must not block."""
     from providers.base import RequestFailed
 
     from .preflight import run_preflight
@@ -295,6 +300,8 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
                 nonlocal failed
                 failed += c.error is not None
                 run.append_completion(c)
+                if on_row is not None:
+                    on_row(c)
                 progress.update(advance=1, failed=failed, retries=stats.retried,
                                 in_flight=limiter.in_flight,
                                 tokens=stats.prompt_tokens + stats.completion_tokens,
@@ -313,20 +320,25 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
 
 # -- stage 2: reference scoring ------------------------------------------------------------
 @writes
-def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = False
-          ) -> Manifest:
+def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = False,
+          session: RowScorer | None = None) -> Manifest:
     """Stage 2: score every usable completion not yet scored by this reference. Streams the
-    run directory: one chunk of rows' tokens in memory at a time."""
+    run directory: one chunk of rows' tokens in memory at a time. ``session``: the scoring
+    that ran while generation did (``overlap``), finished here with its loaded reference."""
     manifest = run.read_manifest()
     framings = {m.framing for m in run.iter_meta()}
     if not framings:
         raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
-    tokenizer = tokenizer_for(s.reference)
-    template = chat_template(s.chat_template, tokenizer, s.reference.name, "chat" in framings)
-    reference = scorer_for(s, tokenizer)
+    if session is not None:
+        reference, view = session.reference, session.view
+    else:
+        tokenizer = tokenizer_for(s.reference)
+        template = chat_template(s.chat_template, tokenizer, s.reference.name,
+                                 "chat" in framings)
+        reference = scorer_for(s, tokenizer)
+        view = TokenizerView(tokenizer, template)
     try:
-        scoring = score_run(run, None, reference, TokenizerView(tokenizer, template),
-                            s.alignment, quiet)
+        scoring = score_run(run, None, reference, view, s.alignment, quiet, session=session)
     finally:
         close = getattr(reference, "close", None)
         if close is not None:
@@ -359,81 +371,31 @@ def scorer_for(s: ScoringPlan, tokenizer: Any) -> Scorer:
 
 def score_run(run: RunDir, completions: dict[str, Completion] | None, reference: Scorer,
               view: TokenizerView, alignment: str = "auto", quiet: bool = False,
-              noise_sample: int = 32) -> dict[str, Any]:
+              noise_sample: int = 32, session: RowScorer | None = None) -> dict[str, Any]:
     """Score every usable completion not yet scored by this reference; append as we go.
 
     ``completions`` None: stream them from the run directory (``RunDir.iter_completions``),
     so memory holds one chunk of rows' tokens and a few numbers per row, whatever the run's
     size. Then score ``noise_sample`` of the new rows again one at a time: the scorer's own
     noise floor (``noise.self_floor``), which the ranking's ``vs_floor`` column is measured
-    against.
+    against. ``session``: a :class:`RowScorer` already fed rows while generation ran
+    (``overlap``): it goes on, so its rows are not scored again and count in the floor.
     """
-    have = run.scored_keys(reference.name)
+    rows = session or RowScorer(run, reference, view, alignment, quiet)
 
     def usable() -> Iterator[Completion]:
         source = completions.values() if completions is not None else run.iter_completions()
         return (c for c in source if c.usable)
 
-    if alignment == "auto":
-        alignment = choose_alignment(view, usable())
-    n_todo = sum(1 for c in (completions or {}).values() if c.usable and c.row_key not in have) \
-        if completions is not None else len(run.usable_keys() - have)
-    misaligned: dict[str, str] = {}
-    paths: dict[str, int] = {}
-    limit = reference.max_length
-    progress = Progress("rescoring", n_todo, quiet=quiet)
-    chunk = 64
-    nll_ref: dict[str, float] = {}   # this session's rows, for the self noise floor
-    eligible: set[str] = set()       # ... those with a scored span after a context
-    t0 = time.monotonic()
-    part: list[tuple[Completion, Any]] = []
-
-    def flush() -> None:
-        ref_lps = reference.score([i.ids for _, i in part], [i.start for _, i in part])
-        for (c, item), lps in zip(part, ref_lps, strict=True):
-            row = score_row(c, item, lps)
-            run.append_score(reference.name, row)
-            nll_ref[c.row_key] = row.nll_ref
-            if len(item.ids) > item.start:
-                eligible.add(c.row_key)
-            paths[item.alignment] = paths.get(item.alignment, 0) + 1
-        progress.update(advance=len(part))
-        part.clear()
-
+    if rows.alignment == "auto":
+        rows.decide(usable())
+    n_todo = sum(1 for c in (completions or {}).values()
+                 if c.usable and c.row_key not in rows.done) \
+        if completions is not None else len(run.usable_keys() - rows.done)
+    rows.progress = Progress("rescoring", n_todo, quiet=quiet)
     for c in usable():
-        if c.row_key in have:
-            continue
-        try:
-            item = align(view, c, alignment)
-        except AlignmentError as e:
-            misaligned[c.row_key] = str(e)
-            progress.update(advance=1)
-            continue
-        if len(item.ids) > limit:
-            misaligned[c.row_key] = (f"{len(item.ids)} tokens with the context, more than the "
-                                     f"reference takes in one pass ({limit})")
-            progress.update(advance=1)
-            continue
-        part.append((c, item))
-        if len(part) == chunk:
-            flush()
-    if part:
-        flush()
-    progress.finish()
-    seconds = round(time.monotonic() - t0, 2)
-    scored = sum(paths.values())
-    out = {"reference": reference.name, "scored_now": scored, "scored_before": len(have),
-           "alignment": alignment, "misaligned": len(misaligned),
-           "misaligned_examples": dict(list(misaligned.items())[:5]),
-           "alignment_paths": paths, "seconds": seconds}
-    if scored and noise_sample > 0:
-        # The same rows self_floor would draw from every item: only those are aligned again.
-        keys = sample_keys(sorted(eligible), noise_sample)
-        source = (completions[k] for k in keys) if completions is not None \
-            else run.iter_completions(keys=set(keys))
-        items = {c.row_key: align(view, c, alignment) for c in source}
-        out["noise_floor"] = {"self": self_floor(reference, items, nll_ref, noise_sample)}
-    return out
+        rows.feed(c)
+    return rows.finish(completions, noise_sample)
 
 
 # -- stage 3: ranking ----------------------------------------------------------------------
@@ -501,7 +463,18 @@ def audit(plan: Plan) -> AuditResult:
 
 def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
     try:
-        manifest = generate(plan, run)
+        overlap = None
+        if plan.overlap and not plan.generate_only:
+            from .overlap import overlapped_rows
+
+            overlap = overlapped_rows(plan.scoring, run, plan.generation.framings)
+        try:
+            manifest = generate(plan, run, on_row=overlap.offer if overlap else None)
+            session = overlap.finish() if overlap else None
+        except BaseException:
+            if overlap is not None:
+                overlap.abort()
+            raise
         if plan.generate_only:  # score later, elsewhere: `blackbox-audit score RUN`
             completions = run.completion_meta()
             counts = Counts(rows=len(completions), ranked=0,
@@ -512,7 +485,7 @@ def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
             log(plan.quiet, f"generated; score and rank later with: blackbox-audit score "
                             f"{run.path}")
             return AuditResult(run, manifest, [])
-        score(plan.scoring, run, plan.quiet)
+        score(plan.scoring, run, plan.quiet, session=session)
         ranked, manifest = rank(plan.scoring, run)
         manifest = manifest.updated(status="done",
                                     seconds=round(time.monotonic() - t_start, 2))

@@ -87,6 +87,7 @@ class Settings:
     ray_address: str | None = None       # None: ray.init() (RAY_ADDRESS, else a local cluster)
     replicas: int = 2                    # --scorer ray: replicas, each holding the model once
     replica_threads: int = 1             # --scorer ray: torch threads (CPUs) per replica
+    overlap: bool = False                # score rows on a thread while generation runs
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,11 @@ class ProcessSettings:
 
     torch_threads: int
     quiet_libraries: bool = True
+    # The cyclic collector's youngest-generation threshold (CPython's default: 700). httpx's
+    # answers are reference cycles, so at 256 requests/s the default collects every few
+    # requests, a third of the client's CPU (bench/client.py); 20,000 collects every few
+    # hundred, holding a few MB of garbage in between. None: leave the interpreter's.
+    gc_young_threshold: int | None = 20000
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,7 @@ class Plan:
     max_degraded_share: float
     quiet: bool
     warnings: tuple[str, ...] = ()
+    overlap: bool = False               # score while generating (blackbox_audit.overlap)
 
     def config_json(self) -> dict[str, Any]:
         """The manifest's "config" block: the settings as resolved, in the keys earlier
@@ -230,7 +237,7 @@ class Plan:
             "pricing": e.prices.path, "verify_prompts": e.verify_prompts,
             "pin_upstream": e.upstream,
             "scorer": s.scorer, "ray_address": s.ray_address, "replicas": s.replicas,
-            "replica_threads": s.replica_threads,
+            "replica_threads": s.replica_threads, "overlap": self.overlap,
         }
 
 
@@ -364,10 +371,10 @@ def resolve(s: Settings) -> Plan:
                           **scorer_settings(s.scorer, s.ray_address, s.replicas,
                                             s.replica_threads))
     return Plan(out=out, generation=generation, endpoint=endpoint, scoring=scoring,
-                process=process_settings(s.torch_threads),
+                process=process_settings(s.torch_threads, overlap=s.overlap),
                 mode="reference-only" if s.reference_only else "perplexity-difference",
                 generate_only=s.generate_only, max_degraded_share=s.max_degraded_share,
-                quiet=s.quiet, warnings=(*warnings, *bank_warning(s)))
+                quiet=s.quiet, warnings=(*warnings, *bank_warning(s)), overlap=s.overlap)
 
 
 def pinned_upstream(name: str | None, target: Any) -> str | None:
@@ -439,11 +446,16 @@ def scorer_settings(scorer: str, ray_address: str | None, replicas: int,
             "replica_threads": replica_threads}
 
 
-def process_settings(torch_threads: int | None = None) -> ProcessSettings:
+def process_settings(torch_threads: int | None = None, overlap: bool = False
+                     ) -> ProcessSettings:
+    """``overlap``: the reference scores while generation runs, so by default torch leaves
+    one core to the event loop (on 2 cores, 1 thread): a torch pool as wide as the machine
+    would starve the client it overlaps with."""
     cores = os.cpu_count() or 1
     if torch_threads is not None and torch_threads < 1:
         raise ConfigError("--threads must be at least 1.")
-    return ProcessSettings(torch_threads=torch_threads or cores)
+    default = max(1, cores - 1) if overlap else cores
+    return ProcessSettings(torch_threads=torch_threads or default)
 
 
 def mutable_parts(value: Any, path: str = "plan") -> list[str]:
