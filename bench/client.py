@@ -216,11 +216,20 @@ def main() -> int:
     ap.add_argument("--latency", type=float, default=0.25)
     ap.add_argument("--profile", action="store_true", help="cProfile the client")
     ap.add_argument("--no-baseline", action="store_true", help="skip the bare httpx baseline")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="leave the collector at CPython's pace (no process settings applied)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         asyncio.run(_serve(args.latency))
         return 0
+    if not args.default_gc:
+        # As the CLI does: an entry point applies the plan's process settings (runtime.apply),
+        # the collector's pace among them; the baselines below run under them too.
+        from blackbox_audit import apply_process_settings
+        from blackbox_audit.plan import process_settings
+
+        apply_process_settings(process_settings(1))
     server = subprocess.Popen([sys.executable, __file__, "--serve", "--latency",
                                str(args.latency)], stdout=subprocess.PIPE, text=True)
     try:
