@@ -151,3 +151,27 @@ def test_the_edge_test_sees_the_edges_that_exist():
     assert "blackbox_audit.transport" in imports_of(ROOT / "providers" / "base.py")
     assert "blackbox_audit.errors" in imports_of(ROOT / "blackbox_audit" / "reference.py")
     assert "providers.registry" in imports_of(ROOT / "blackbox_audit" / "plan.py")
+
+
+def test_the_entry_point_paces_the_collector_and_library_code_never_does():
+    """runtime.apply (the CLI's, a replica's) sets the collector's youngest threshold and
+    freezes what is loaded; no library module calls gc (the edge test's rule, by text)."""
+    import gc
+
+    import torch
+
+    from blackbox_audit.plan import ProcessSettings
+    from blackbox_audit.runtime import apply
+
+    before = gc.get_threshold()
+    try:
+        apply(ProcessSettings(torch_threads=torch.get_num_threads(), gc_young_threshold=12345))
+        assert gc.get_threshold() == (12345, *before[1:]) and gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+    root = Path(__file__).resolve().parent.parent
+    callers = [p.relative_to(root).as_posix() for p in [*root.glob("blackbox_audit/**/*.py"),
+                                                        *root.glob("providers/*.py")]
+               if "gc." in p.read_text() and p.name != "runtime.py"]
+    assert callers == []
