@@ -87,6 +87,7 @@ class OverlapScorer:
     def finish(self) -> RowScorer:
         """Generation is over: let the thread score what it holds, and hand its session to
         the score stage. Raises what the thread raised (the rows stay on disk)."""
+        during = self.session.scored if self.session is not None else 0
         while self._thread.is_alive():
             try:
                 self.queue.put(END, timeout=IDLE)
@@ -98,7 +99,8 @@ class OverlapScorer:
             raise self.error
         assert self.session is not None
         s = self.session
-        s.notes["overlap"] = {"scored_while_generating": s.scored,
+        s.notes["overlap"] = {"scored_while_generating": during,
+                              "drained_after_generation": s.scored - during,
                               "offered": self.offered, "left_for_later": self.left_for_later,
                               "reference_load_seconds": self.load_seconds}
         return s

@@ -2,8 +2,11 @@
 
 The observable that rows were scored during generation is the manifest's
 ``scoring.overlap.scored_while_generating``: the rows the overlap thread had scored when
-generation handed over (counted on the thread, before the closing pass). The server is slow
-enough (``delay``) that generation outlasts the reference's load by seconds.
+generation handed over. To make it deterministic rather than a race between the server's
+pace and the reference's load, the server (:class:`HoldsForScores`) holds back its answers
+after the first ``hold_after`` rows until the run's scores file has a row: generation
+cannot end before scoring has begun, which only overlap achieves (in sequence the run would
+wait the hold's timeout out; the plain run here uses a plain server).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,11 +26,40 @@ from fake_server import FakeOpenAIServer
 from blackbox_audit import audit, plan
 
 ROOT = Path(__file__).resolve().parent.parent
+ROWS = 68    # 17 prefills x 2 corpora x 2 framings: above one chunk (64), which decides "auto"
+
+
+class HoldsForScores(FakeOpenAIServer):
+    """Answers the first ``hold_after`` generation requests at once; later ones wait until
+    ``run``'s scores file holds a row, then ``after`` seconds more."""
+
+    def __init__(self, run: Path, hold_after: int, after: float = 0.0, **kw):
+        super().__init__(**kw)
+        self.run, self.hold_after, self.after = run, hold_after, after
+        self.answered = 0
+        self.held = 0
+        self._count = threading.Lock()
+
+    def scored(self) -> bool:
+        return any(p.stat().st_size > 0 for p in self.run.glob("scores.*.jsonl"))
+
+    def completion(self, body: dict) -> dict:
+        if body.get("max_tokens") != 2:          # the preflight's probe is never held
+            with self._count:
+                self.answered += 1
+                hold = self.answered > self.hold_after
+            if hold and not self.scored():
+                self.held += 1
+                deadline = time.monotonic() + 120
+                while not self.scored() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(self.after)
+        return super().completion(body)
 
 
 def config(server, out, **kw):
     base = dict(out=str(out), base_url=server.base_url, model="fake-model",
-                corpora=["prose", "code"], per_corpus=24, max_tokens=12, quiet=True,
+                corpora=["prose", "code"], per_corpus=17, max_tokens=12, quiet=True,
                 concurrency=2, torch_threads=1)
     base.update(kw)
     return plan(**base)
@@ -38,21 +71,23 @@ def score_lines(run: Path) -> list[dict]:
 
 
 def test_overlap_scores_during_generation_each_row_once_same_ranking(tmp_path):
-    with FakeOpenAIServer(delay=0.08) as server:
+    with HoldsForScores(tmp_path / "over", hold_after=ROWS - 2) as server:
         over = audit(config(server, tmp_path / "over", overlap=True))
+    assert server.held >= 1            # generation waited on the scorer: it was running
+    with FakeOpenAIServer() as server:
         seq = audit(config(server, tmp_path / "seq"))
     m = over.manifest.to_json()
     o = m["scoring"]["overlap"]
-    assert o["scored_while_generating"] > 0, o
+    assert o["scored_while_generating"] >= 1, o
     assert m["config"]["overlap"] is True
     rows = [json.loads(x) for x in (tmp_path / "over" / "completions.jsonl").read_text()
             .splitlines()]
     usable = {f"{r['prefill_id']}:{r['framing']}" for r in rows
               if r["error"] is None and not r["degraded"]}
-    assert len(rows) == 96 and len(usable) == 96
+    assert len(rows) == len(usable) == ROWS
     keys = [f"{s['prefill_id']}:{s['framing']}" for s in score_lines(tmp_path / "over")]
     assert len(keys) == len(set(keys)) and set(keys) == usable     # each row scored once
-    assert m["scoring"]["scored_now"] == 96 and "self" in m["scoring"]["noise_floor"]
+    assert m["scoring"]["scored_now"] == ROWS and "self" in m["scoring"]["noise_floor"]
     assert m["counts"] == seq.manifest.to_json()["counts"]
     # The same ranking as the sequential run; the numbers to batching's float noise.
     assert [r.row_id for r in over.ranked] == [r.row_id for r in seq.ranked]
@@ -69,26 +104,26 @@ def cli(*args: str) -> subprocess.Popen:
 def test_kill_9_while_overlapping_then_resume_loses_and_repeats_nothing(tmp_path):
     out = tmp_path / "run"
     args = ["audit", "--model", "fake-model", "--out", str(out), "--corpora", "prose,code",
-            "--per-corpus", "24", "--max-tokens", "12", "--concurrency", "2", "--quiet",
-            "--overlap", "--alignment", "text", "--threads", "1", "--no-report"]
-    with FakeOpenAIServer(delay=0.08) as server:
+            "--per-corpus", "17", "--max-tokens", "12", "--concurrency", "2", "--quiet",
+            "--overlap", "--threads", "1", "--no-report"]
+    # The last rows wait for the first score, then 3 s more: the kill lands while the
+    # scorer has appended rows and generation has not finished.
+    with HoldsForScores(out, hold_after=ROWS - 4, after=3.0) as server:
         args += ["--base-url", server.base_url]
         proc = cli(*args)
-        scores = out / "scores.smollm2.jsonl"
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if scores.exists() and scores.read_text().count("\n") >= 1:
-                break
-            time.sleep(0.02)
+        while time.monotonic() < deadline and proc.poll() is None and not server.scored():
+            time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         completions = out / "completions.jsonl"
         rows_before = completions.read_text().count("\n")
-        scored_before = scores.read_text().count("\n")
-        assert 1 <= scored_before and rows_before < 96, (scored_before, rows_before)
+        scored_before = score_lines(out)
+        assert scored_before and rows_before < ROWS, (len(scored_before), rows_before)
         counts_before = dict(server.counts)
 
+        server.after = 0.0
         proc = cli(*args)
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
@@ -97,9 +132,9 @@ def test_kill_9_while_overlapping_then_resume_loses_and_repeats_nothing(tmp_path
     assert all(n == 1 for n in sent_again.values())
     rows = [json.loads(x) for x in completions.read_text().splitlines()]
     keys = [(r["prefill_id"], r["framing"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 96
+    assert len(keys) == len(set(keys)) == ROWS
     scored = [f"{s['prefill_id']}:{s['framing']}" for s in score_lines(out)]
-    assert len(scored) == len(set(scored)) == 96          # none lost, none written twice
+    assert len(scored) == len(set(scored)) == ROWS          # none lost, none written twice
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"]["ranked"] == 96
-    assert manifest["scoring"]["scored_before"] == scored_before
+    assert manifest["counts"]["ranked"] == ROWS
+    assert manifest["scoring"]["scored_before"] == len(scored_before)
