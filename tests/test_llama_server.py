@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from conftest import unavailable
+from llama import LlamaServer, llama_server_binary
 
 from blackbox_audit import audit, plan
 from blackbox_audit.reference import packaged_smollm2
@@ -36,62 +34,17 @@ NOISE_BOUND = 0.1
 NOISE_BOUND_SHORT = 0.3
 
 
-def _skip(reason: str):
-    print(f"\nllama-server integration unavailable: {reason}", file=sys.stderr)
-    unavailable(f"the llama-server integration cannot run: {reason}")
+WHAT = "llama-server integration"
 
 
 @pytest.fixture(scope="module")
-def llama_server_binary() -> str:
-    given = os.environ.get("BLACKBOX_AUDIT_LLAMA_SERVER")
-    if given:
-        return given
-    try:
-        r = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_server.sh")],
-                           capture_output=True, text=True, timeout=2000)
-    except subprocess.TimeoutExpired:
-        _skip("building llama-server took over 2000 s")
-    if r.returncode != 0:
-        _skip(f"building llama-server failed: {r.stderr.strip()[-500:]}")
-    return r.stdout.strip().splitlines()[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served_base(llama_server_binary, tmp_path_factory):
+def served_base(tmp_path_factory):
     spec = packaged_smollm2()
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "llama-server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [llama_server_binary, "-m", str(Path(spec.path) / spec.gguf_file), "--host",
-             "127.0.0.1", "--port", str(port), "-c", "4096", "-t", "2", "--alias",
-             "smollm2-base"], stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _skip(f"llama-server exited with {proc.returncode}: {log.read_text()[-500:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        _skip("llama-server did not become healthy within 90 s")
-    yield f"{url}/v1"
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = LlamaServer(llama_server_binary(WHAT), str(Path(spec.path) / spec.gguf_file), log,
+                         what=WHAT, alias="smollm2-base", threads=2, context=4096)
+    yield f"{server.url}/v1"
+    server.stop()
 
 
 def test_base_against_itself_sits_at_the_noise_floor(served_base, tmp_path):

@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import unavailable
+from llama import LlamaServer, built, llama_server_binary
 
 from blackbox_audit import score_texts, texts_plan
 from blackbox_audit.reference import packaged_smollm2
@@ -100,17 +95,9 @@ def test_the_texts_are_length_matched():
 
 @pytest.fixture(scope="module")
 def organism_gguf() -> str:
-    given = os.environ.get("BLACKBOX_AUDIT_ORGANISM")
-    if given:
-        return given
-    try:
-        r = subprocess.run(["bash", str(ROOT / "scripts" / "organism_gguf.sh")],
-                           capture_output=True, text=True, timeout=3600)
-    except subprocess.TimeoutExpired:
-        unavailable("building the organism GGUF took over 3600 s")
-    if r.returncode != 0:
-        unavailable(f"building the organism GGUF failed: {r.stderr.strip()[-500:]}")
-    return r.stdout.strip().splitlines()[-1]
+    out = built("organism_gguf.sh", timeout=3600, what="score-texts organism test",
+                override_env="BLACKBOX_AUDIT_ORGANISM")
+    return out.strip().splitlines()[-1]
 
 
 def count_at_top(run: Path) -> tuple[int, list[dict]]:
@@ -148,46 +135,13 @@ def test_the_base_against_itself_ranks_them_no_better_than_chance(texts_file, tm
 # -- llama.cpp's server: refused before any call ---------------------------------------------
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    binary = os.environ.get("BLACKBOX_AUDIT_LLAMA_SERVER")
-    if not binary:
-        try:
-            r = subprocess.run(["bash", str(ROOT / "scripts" / "build_llama_server.sh")],
-                               capture_output=True, text=True, timeout=2000)
-        except subprocess.TimeoutExpired:
-            unavailable("building llama-server took over 2000 s")
-        if r.returncode != 0:
-            unavailable(f"building llama-server failed: {r.stderr.strip()[-500:]}")
-        binary = r.stdout.strip().splitlines()[-1]
+    what = "score-texts llama-server test"
     spec = packaged_smollm2()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("server") / "llama-server.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [binary, "-m", str(Path(spec.path) / spec.gguf_file), "--host", "127.0.0.1",
-             "--port", str(port), "-c", "2048", "-t", "1", "--alias", "smollm2", "--metrics"],
-            stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            unavailable(f"llama-server exited with {proc.returncode}: {log.read_text()[-500:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            unavailable("llama-server did not become healthy within 90 s")
-        time.sleep(0.5)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = LlamaServer(llama_server_binary(what), str(Path(spec.path) / spec.gguf_file), log,
+                         what=what, alias="smollm2", extra=("--metrics",))
+    yield server.url
+    server.stop()
 
 
 def prompt_tokens_served(url: str) -> float:

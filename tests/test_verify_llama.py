@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import unavailable
+from llama import LlamaServer, built, llama_server_binary
 
 from blackbox_audit.verifier import PromptSet, verify, verify_plan
 
@@ -41,79 +38,27 @@ PROMPTS = PromptSet(max_tokens=16)
 TOKENS: dict[str, int] = {}
 
 
-def _unavailable(reason: str):
-    print(f"\nverify integration unavailable: {reason}", file=sys.stderr)
-    unavailable(f"the verify llama-server integration cannot run: {reason}")
-
-
-def _run_script(*args: str, timeout: int) -> str:
-    try:
-        r = subprocess.run(["bash", *args], capture_output=True, text=True, timeout=timeout,
-                           cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        _unavailable(f"{args[0]} took over {timeout} s")
-    if r.returncode != 0:
-        _unavailable(f"{args[0]} failed: {r.stderr.strip()[-500:]}")
-    return r.stdout
+WHAT = "verify llama-server integration"
 
 
 @pytest.fixture(scope="module")
 def binaries() -> str:
-    given = os.environ.get("BLACKBOX_AUDIT_LLAMA_SERVER")
-    if given:
-        return given
-    out = _run_script(str(ROOT / "scripts" / "build_llama_server.sh"), timeout=2000)
-    return out.strip().splitlines()[-1]
+    return llama_server_binary(WHAT)
 
 
 @pytest.fixture(scope="module")
 def models(binaries) -> dict[str, str]:
-    out = _run_script(str(ROOT / "scripts" / "build_verify_models.sh"), timeout=1800)
+    out = built("build_verify_models.sh", timeout=1800, what=WHAT)
     found = dict(line.split(" ", 1) for line in out.strip().splitlines())
     return {k: v.strip() for k, v in found.items()}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, binary: str, model: str, log: Path):
-        self.port = _free_port()
-        self.log = log
-        with open(log, "w") as fh:
-            self.proc = subprocess.Popen(
-                [binary, "-m", model, "--host", "127.0.0.1", "--port", str(self.port), "-c",
-                 "2048", "-t", "1", "-np", "2", "--alias", "smollm2"],
-                stdout=fh, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                _unavailable(f"llama-server exited: {log.read_text()[-500:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        _unavailable("llama-server did not become healthy within 90 s")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.fixture(scope="module")
 def servers(binaries, models, tmp_path_factory):
     logs = tmp_path_factory.mktemp("servers")
-    started = {name: Server(binaries, path, logs / f"{name}.log")
+    # two slots each: a verify turn sends a few requests at once
+    started = {name: LlamaServer(binaries, path, logs / f"{name}.log", what=WHAT,
+                                 alias="smollm2", threads=1, parallel=2)
                for name, path in models.items()}
     yield {name: s.url for name, s in started.items()}
     for s in started.values():
@@ -139,9 +84,8 @@ def calibration(servers, tmp_path_factory) -> Path:
 def test_q4_0_requantised_tensor_types(models):
     """The Q4_0 file really is another 4-bit scheme of the same weights (K-quants would fall
     back on SmolLM2's 576-wide rows; Q4_0 needs rows divisible by 32 only)."""
-    sys.path.insert(0, str(Path(_run_script(str(ROOT / "scripts" / "build_llama_server.sh"),
-                                            "--src-only", timeout=600).strip())
-                           / "vendor" / "llama.cpp" / "gguf-py"))
+    sys.path.insert(0, str(Path(built("build_llama_server.sh", "--src-only", timeout=600,
+                                      what=WHAT).strip()) / "vendor" / "llama.cpp" / "gguf-py"))
     from gguf import GGUFReader
 
     def types(path: str) -> dict[str, int]:
