@@ -30,7 +30,7 @@ from typing import Any
 
 from .errors import ScorerError
 from .reference import ReferenceSpec
-from .scorer import Progress
+from .scorer import Progress, check_spans
 
 DEFAULT_BATCH_TOKENS = 4096   # padded tokens per batch: one replica's forward-pass budget
 
@@ -168,12 +168,7 @@ class RayScorer:
         from ray.util import ActorPool
 
         ray = _ray()
-        for seq, s in zip(sequences, starts, strict=True):
-            if not 1 <= s <= len(seq):
-                raise ValueError(f"scored span start {s} out of range for length {len(seq)}")
-            if len(seq) > self.max_length:
-                raise ValueError(f"a sequence of {len(seq)} tokens is longer than the "
-                                 f"{self.max_length} one forward pass takes (max_length)")
+        check_spans(sequences, starts, self.max_length)
         groups = batches(sequences, starts, self.batch_tokens, self.batch_rows)
         work = [(b, [list(sequences[i]) for i in g], [int(starts[i]) for i in g])
                 for b, g in enumerate(groups)]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ReferenceError_
+from .scorer import check_spans
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "smollm2-135m-instruct-q4_1"
@@ -212,12 +213,7 @@ class ReferenceModel:
         input order (sequence by sequence, token by token)."""
         import torch
 
-        for seq, s in zip(sequences, starts, strict=True):
-            if not 1 <= s <= len(seq):
-                raise ValueError(f"scored span start {s} out of range for length {len(seq)}")
-            if len(seq) > self.max_length:
-                raise ValueError(f"a sequence of {len(seq)} tokens is longer than the "
-                                 f"{self.max_length} one forward pass takes (max_length)")
+        check_spans(sequences, starts, self.max_length)
         first: list[int] = []
         pos = 0
         for seq, s in zip(sequences, starts, strict=True):

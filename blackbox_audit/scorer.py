@@ -38,4 +38,17 @@ class Scorer(Protocol):
               progress: Progress | None = None) -> list[list[float]]: ...
 
 
-__all__ = ["Progress", "Scorer"]
+def check_spans(sequences: Sequence[Sequence[int]], starts: Sequence[int],
+                max_length: int) -> None:
+    """What every engine refuses before any work: a scored span that starts before the
+    second token or past the end, and a sequence longer than ``max_length`` (callers leave
+    such rows unscored rather than send them)."""
+    for seq, s in zip(sequences, starts, strict=True):
+        if not 1 <= s <= len(seq):
+            raise ValueError(f"scored span start {s} out of range for length {len(seq)}")
+        if len(seq) > max_length:
+            raise ValueError(f"a sequence of {len(seq)} tokens is longer than the "
+                             f"{max_length} one forward pass takes (max_length)")
+
+
+__all__ = ["Progress", "Scorer", "check_spans"]
