@@ -139,7 +139,9 @@ def main() -> int:
                                         threads=a.threads)
         finally:
             server.close()
-        overlap = json.loads((d / "over" / "manifest.json").read_text())["scoring"]["overlap"]
+        m = json.loads((d / "over" / "manifest.json").read_text())
+        overlap = {**m["scoring"]["overlap"], "generation_seconds": m["generation_seconds"],
+                   "scoring_seconds": m["scoring"]["seconds"], "audit_seconds": m["seconds"]}
         rows = rows_of(d / "over")
     longer = max(walls["generation"], walls["scoring"])
     balance = walls["generation"] / walls["scoring"]
