@@ -464,6 +464,10 @@ def audit(plan: Plan) -> AuditResult:
 def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
     try:
         overlap = None
+        if plan.scoring.scorer == "ray" and not plan.generate_only:
+            from .ray_address import check_reachable
+
+            check_reachable(plan.scoring.ray_address)   # a mistyped address costs no request
         if plan.overlap and not plan.generate_only:
             from .overlap import overlapped_rows
 

@@ -442,6 +442,10 @@ def scorer_settings(scorer: str, ray_address: str | None, replicas: int,
         raise ConfigError("--replicas and --replica-threads must be at least 1.")
     if ray_address and scorer != "ray":
         raise ConfigError("--ray-address is for --scorer ray; add --scorer ray.")
+    if ray_address:
+        from .ray_address import parse_ray_address
+
+        parse_ray_address(ray_address)   # a malformed address fails here, before anything
     return {"scorer": scorer, "ray_address": ray_address, "replicas": replicas,
             "replica_threads": replica_threads}
 

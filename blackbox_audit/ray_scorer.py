@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import ScorerError
+from .ray_address import check_reachable
 from .reference import ReferenceSpec
 from .scorer import Progress, check_spans
 
@@ -121,6 +122,7 @@ class RayScorer:
         self.batch_rows = batch_rows
         self.started_ray = False
         if not ray.is_initialized():
+            check_reachable(address)   # seconds, where ray.init would wait a minute
             try:
                 if address:
                     ray.init(address=address, logging_level="ERROR", log_to_driver=False)

@@ -189,3 +189,31 @@ def test_under_ci_what_a_test_needs_and_cannot_find_is_a_failure(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == want_code, r.stdout
         assert want in r.stdout
+
+
+def test_a_malformed_ray_address_is_refused_before_anything_is_sent(tmp_path, capfd):
+    with StubServer(good) as server:
+        code, err = run_cli(capfd, *audit(server, tmp_path / "run", "--scorer", "ray",
+                                          "--ray-address", "head-node"))
+        assert code == 2 and "--ray-address 'head-node' is not a Ray cluster address" in err
+        assert server.seen == []
+
+
+def test_a_ray_address_where_nothing_listens_fails_in_seconds_before_any_request(
+        tmp_path, capfd):
+    """``ray.init`` on a dead address waits a minute or more; the audit refuses in seconds,
+    before generation spends anything."""
+    import socket
+    import time
+
+    with socket.socket() as s:   # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with StubServer(good) as server:
+        t0 = time.monotonic()
+        code, err = run_cli(capfd, *audit(server, tmp_path / "run", "--scorer", "ray",
+                                          "--ray-address", f"127.0.0.1:{port}"))
+        seconds = time.monotonic() - t0
+        assert code == 6 and f"No Ray cluster answers at 127.0.0.1:{port}" in err, (code, err)
+        assert generations(server) == 0
+        assert seconds < 15, seconds

@@ -65,7 +65,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """``ray start --head`` on 127.0.0.1 with 2 CPUs, in its own process group (stopped by
+    """``ray start --head`` on 127.0.0.1 with 4 logical CPUs (the module's pool and the CLI's
+    side by side; Ray does not pin them to cores), in its own process group (stopped by
     killing that group: only what this test started)."""
     try:
         import ray  # noqa: F401
@@ -78,7 +79,7 @@ def cluster():
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")   # short: unix socket paths <= 107
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+         f"--port={port}", "--num-cpus=4", "--num-gpus=0", "--include-dashboard=false",
          "--disable-usage-stats", f"--temp-dir={temp}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
@@ -226,3 +227,35 @@ def test_score_run_loses_no_row_and_writes_none_twice_when_a_replica_dies(
     print(f"score_run over ray: {len(usable)} rows in {seconds:.1f} s, a replica killed at "
           f"0.5 s; worst |diff| {worst:.1e}")
 
+
+
+def test_the_cli_audits_with_the_ray_scorer_end_to_end(cluster, model_dir, tmp_path):
+    """What a user types: ``blackbox-audit audit ... --scorer ray --ray-address HOST:PORT``,
+    in a process of its own (as on a real head node; in-process, the CLI's wrapped stdout
+    and Ray's log threads do not mix). Every usable row is scored once by the pool, ranked,
+    and the manifest says which engine ran."""
+    out = tmp_path / "run"
+    root = Path(__file__).resolve().parent.parent
+    with FakeOpenAIServer() as server:
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, str(root / "cli.py"), "audit", "--base-url", server.base_url,
+             "--model", "fake-model", "--per-corpus", "4", "--max-tokens", "16",
+             "--reference", model_dir.path, "--scorer", "ray", "--ray-address", cluster,
+             "--replicas", "2", "--replica-threads", "1", "--no-report", "--quiet",
+             "--out", str(out)],
+            cwd=root, capture_output=True, text=True, timeout=180)
+        seconds = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stdout + r.stderr
+    run = RunDir(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["reference"]["scorer"] == "ray" and manifest["reference"]["replicas"] == 2
+    name = manifest["reference"]["name"]
+    lines = [json.loads(x) for x in run.scores_path(name).read_text().splitlines()]
+    counts = collections.Counter(f"{x['prefill_id']}:{x['framing']}" for x in lines)
+    assert set(counts) == run.usable_keys() and set(counts.values()) == {1}
+    ranked = [json.loads(x) for x in (out / "ranked.jsonl").read_text().splitlines()]
+    assert len(ranked) == manifest["counts"]["ranked"] > 0
+    print(f"cli audit --scorer ray: {len(lines)} rows scored by 2 replicas, "
+          f"{len(ranked)} ranked, {seconds:.1f} s")
