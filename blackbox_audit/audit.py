@@ -381,7 +381,8 @@ def score_run(run: RunDir, completions: dict[str, Completion] | None, reference:
     against. ``session``: a :class:`RowScorer` already fed rows while generation ran
     (``overlap``): it goes on, so its rows are not scored again and count in the floor.
     """
-    rows = session or RowScorer(run, reference, view, alignment, quiet)
+    rows = session or RowScorer(run, reference, view, alignment, quiet,
+                                 noise_sample=noise_sample)
 
     def usable() -> Iterator[Completion]:
         source = completions.values() if completions is not None else run.iter_completions()
@@ -395,7 +396,7 @@ def score_run(run: RunDir, completions: dict[str, Completion] | None, reference:
     rows.progress = Progress("rescoring", n_todo, quiet=quiet)
     for c in usable():
         rows.feed(c)
-    return rows.finish(completions, noise_sample)
+    return rows.finish()
 
 
 # -- stage 3: ranking ----------------------------------------------------------------------

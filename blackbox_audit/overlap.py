@@ -88,6 +88,7 @@ class OverlapScorer:
         """Generation is over: let the thread score what it holds, and hand its session to
         the score stage. Raises what the thread raised (the rows stay on disk)."""
         during = self.session.scored if self.session is not None else 0
+        floor_early = len(self.session.singles) if self.session is not None else 0
         while self._thread.is_alive():
             try:
                 self.queue.put(END, timeout=IDLE)
@@ -102,6 +103,7 @@ class OverlapScorer:
         s.notes["overlap"] = {"scored_while_generating": during,
                               "drained_after_generation": s.scored - during,
                               "offered": self.offered, "left_for_later": self.left_for_later,
+                              "floor_rows_scored_alone_while_generating": floor_early,
                               "reference_load_seconds": self.load_seconds}
         return s
 
@@ -141,6 +143,8 @@ class OverlapScorer:
             try:
                 item = self.queue.get(timeout=IDLE)
             except queue.Empty:
+                if session.alignment != "auto":
+                    session.refine_floor()   # idle: score a floor sample row alone now
                 continue
             if isinstance(item, _End):
                 break

@@ -12,12 +12,13 @@ loses at most the chunk in hand, and the next session skips every row already on
 
 from __future__ import annotations
 
+import heapq
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-from .align import AlignmentError, TokenizerView, align, choose_alignment
-from .noise import sample_keys, self_floor
+from .align import AlignmentError, ScoringItem, TokenizerView, align, choose_alignment
+from .noise import quantiles, sample_rank, single_pass_nll
 from .progress import Progress
 from .records import Completion
 from .rundir import RunDir
@@ -34,11 +35,16 @@ class RowScorer:
     grows with every row fed (scored, pending in the chunk, or misaligned), so a row fed
     twice (by the overlap thread, then by the closing pass over the run directory) is
     scored once.
+
+    The self noise floor is kept as rows go: ``noise_sample`` of the session's rows (the
+    lowest :func:`~blackbox_audit.noise.sample_rank`, held with their aligned tokens) are
+    scored again one at a time, in idle moments while generation runs (``refine_floor``) and
+    for whatever is left in ``finish``; an overlapped audit then ends without that pass.
     """
 
     def __init__(self, run: RunDir, reference: Scorer, view: TokenizerView,
                  alignment: str = "auto", quiet: bool = False, have: set[str] | None = None,
-                 chunk: int = CHUNK):
+                 chunk: int = CHUNK, noise_sample: int = 32):
         self.run, self.reference, self.view = run, reference, view
         self.alignment = alignment            # "auto" until decide() sees rows
         self.have = run.scored_keys(reference.name) if have is None else have
@@ -46,8 +52,11 @@ class RowScorer:
         self.chunk = chunk
         self.misaligned: dict[str, str] = {}
         self.paths: dict[str, int] = {}
-        self.nll_ref: dict[str, float] = {}   # this session's rows, for the self noise floor
-        self.eligible: set[str] = set()       # ... those with a scored span after a context
+        self.noise_sample = noise_sample
+        # The floor's sample so far: a max-heap on sample rank (negated), the items held.
+        self.floor_heap: list[tuple[int, str]] = []
+        self.floor_items: dict[str, tuple[float, ScoringItem]] = {}   # key -> (nll_ref, item)
+        self.singles: dict[str, float] = {}   # key -> mean NLL scored alone
         self.part: list[tuple[Completion, Any]] = []
         self.progress = Progress("rescoring", None, quiet=True)
         self.notes: dict[str, Any] = {}       # added to the scoring block (overlap's counts)
@@ -95,17 +104,39 @@ class RowScorer:
         for (c, item), lps in zip(part, ref_lps, strict=True):
             row = score_row(c, item, lps)
             self.run.append_score(self.reference.name, row)
-            self.nll_ref[c.row_key] = row.nll_ref
             if len(item.ids) > item.start:
-                self.eligible.add(c.row_key)
+                self._consider_for_floor(c.row_key, row.nll_ref, item)
             self.paths[item.alignment] = self.paths.get(item.alignment, 0) + 1
         self.progress.update(advance=len(part))
         self.part = []
 
-    def finish(self, completions: Mapping[str, Completion] | None = None,
-               noise_sample: int = 32) -> dict[str, Any]:
-        """Flush, then score ``noise_sample`` of this session's rows again one at a time
-        (``noise.self_floor``); the manifest's scoring block."""
+    def _consider_for_floor(self, key: str, nll_ref: float, item: ScoringItem) -> None:
+        """Keep ``key`` if it is among the ``noise_sample`` lowest sample ranks seen."""
+        if self.noise_sample <= 0:
+            return
+        rank = sample_rank(key)
+        if len(self.floor_heap) < self.noise_sample:
+            heapq.heappush(self.floor_heap, (-rank, key))
+        elif rank < -self.floor_heap[0][0]:
+            _, out = heapq.heapreplace(self.floor_heap, (-rank, key))
+            self.floor_items.pop(out, None)
+            self.singles.pop(out, None)
+        else:
+            return
+        self.floor_items[key] = (nll_ref, item)
+
+    def refine_floor(self) -> bool:
+        """Score one sampled row alone, if one is waiting (the overlap thread calls this when
+        no row is queued). False when every sampled row has its single-pass score."""
+        for key, (_, item) in self.floor_items.items():
+            if key not in self.singles:
+                self.singles[key] = single_pass_nll(self.reference, item)
+                return True
+        return False
+
+    def finish(self) -> dict[str, Any]:
+        """Flush, score the floor's sampled rows not yet scored alone; the manifest's scoring
+        block, with the self noise floor (``noise.self_floor``'s numbers)."""
         self.flush()
         self.progress.finish()
         scored = self.scored
@@ -116,12 +147,9 @@ class RowScorer:
             "misaligned_examples": dict(list(self.misaligned.items())[:5]),
             "alignment_paths": self.paths, "seconds": round(time.monotonic() - self.t0, 2),
             **self.notes}
-        if scored and noise_sample > 0:
-            # The same rows self_floor would draw from every item: only those aligned again.
-            keys = sample_keys(sorted(self.eligible), noise_sample)
-            source = (completions[k] for k in keys) if completions is not None \
-                else self.run.iter_completions(keys=set(keys))
-            items = {c.row_key: align(self.view, c, self.alignment) for c in source}
-            out["noise_floor"] = {"self": self_floor(self.reference, items, self.nll_ref,
-                                                     noise_sample)}
+        if self.floor_items:
+            while self.refine_floor():
+                pass
+            out["noise_floor"] = {"self": quantiles(
+                [nll - self.singles[k] for k, (nll, _) in self.floor_items.items()])}
         return out

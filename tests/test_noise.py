@@ -70,3 +70,35 @@ def test_base_floor_keeps_the_rows_a_ranking_would():
     scores["b:raw"].n_target_tokens = 2  # too short to be ranked: not part of the floor
     assert base_floor(comps, scores)["n"] == 1
     assert base_floor(comps, scores)["p99_abs"] == pytest.approx(0.01)
+
+
+def test_the_floor_sample_is_the_same_whatever_order_rows_arrive_in(reference, view,
+                                                                    tmp_path):
+    """RowScorer keeps the self floor's sample as rows come (the lowest sample ranks), so a
+    session fed while generation runs, in whatever order answers arrive, re-scores the rows
+    a pass over the finished run would choose, and the floor agrees."""
+    import random
+
+    from blackbox_audit.noise import sample_keys
+    from blackbox_audit.rowscorer import RowScorer
+    from blackbox_audit.rundir import RunDir
+
+    texts = [f"Row {i}: rivers carve valleys over {i} million years of slow, patient work."
+             for i in range(12)]
+    comps = [Completion(prefill_id=f"p{i}", corpus="prose", prefill=t[:8], framing="raw",
+                        text=t[8:], tokens=[t[8:]], logprobs=[-1.0]) for i, t in enumerate(texts)]
+    floors = []
+    for order in range(2):
+        rows = comps[:]
+        random.Random(order).shuffle(rows)
+        session = RowScorer(RunDir(tmp_path / f"run{order}"), reference, view, "text",
+                            quiet=True, chunk=3, noise_sample=4)
+        for c in rows:
+            session.feed(c)
+            session.refine_floor()      # as the overlap thread does when idle
+        assert len(session.floor_items) <= 4
+        floors.append((set(session.floor_items), session.finish()["noise_floor"]["self"]))
+    expected = set(sample_keys([c.row_key for c in comps], 4))
+    assert floors[0][0] == floors[1][0] == expected
+    assert floors[0][1]["n"] == floors[1][1]["n"] == 4
+    assert floors[0][1]["max_abs"] < 1e-3

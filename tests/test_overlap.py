@@ -71,7 +71,9 @@ def score_lines(run: Path) -> list[dict]:
 
 
 def test_overlap_scores_during_generation_each_row_once_same_ranking(tmp_path):
-    with HoldsForScores(tmp_path / "over", hold_after=ROWS - 2) as server:
+    # The last two answers wait a second past the first score: idle time in which the
+    # thread scores the noise floor's sample rows alone, before generation ends.
+    with HoldsForScores(tmp_path / "over", hold_after=ROWS - 2, after=1.0) as server:
         over = audit(config(server, tmp_path / "over", overlap=True))
     assert server.held >= 1            # generation waited on the scorer: it was running
     with FakeOpenAIServer() as server:
@@ -88,6 +90,10 @@ def test_overlap_scores_during_generation_each_row_once_same_ranking(tmp_path):
     keys = [f"{s['prefill_id']}:{s['framing']}" for s in score_lines(tmp_path / "over")]
     assert len(keys) == len(set(keys)) and set(keys) == usable     # each row scored once
     assert m["scoring"]["scored_now"] == ROWS and "self" in m["scoring"]["noise_floor"]
+    assert o["floor_rows_scored_alone_while_generating"] >= 1, o
+    # The floor's sample does not depend on when rows arrived: the same rows as in sequence.
+    assert m["scoring"]["noise_floor"]["self"]["n"] == \
+        seq.manifest.to_json()["scoring"]["noise_floor"]["self"]["n"] == 32
     assert m["counts"] == seq.manifest.to_json()["counts"]
     # The same ranking as the sequential run; the numbers to batching's float noise.
     assert [r.row_id for r in over.ranked] == [r.row_id for r in seq.ranked]
