@@ -65,6 +65,7 @@ class OverlapScorer:
         self.left_for_later = 0   # rows the full queue refused: the closing pass scores them
         self.load_seconds: float | None = None
         self._stop = threading.Event()
+        self._torch_threads = 0   # the entry point's setting, read in start()
         self._thread = threading.Thread(target=self._run, name="blackbox-audit-overlap",
                                         daemon=True)
 
@@ -72,6 +73,13 @@ class OverlapScorer:
         # The tokenizer first, on this thread: generation cuts prefills with it, and two
         # threads loading one lru_cache entry at once would load it twice.
         tokenizer_for(self.plan.reference)
+        import torch
+
+        # torch's CPU thread count is held per thread (OpenMP's setting is thread-local): a
+        # new thread computes with every core whatever the entry point set, so the setting
+        # read here is set again on the scoring thread (measured: a 1-thread setting ran at
+        # 2-thread speed on a 2-core box until it was).
+        self._torch_threads = torch.get_num_threads()
         self._thread.start()
 
     def offer(self, c: Completion) -> None:
@@ -120,6 +128,9 @@ class OverlapScorer:
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
             self._score_rows()
         except BaseException as e:   # raised again by finish(), on the main thread
             self.error = e
@@ -141,11 +152,16 @@ class OverlapScorer:
         first: list[Completion] = []     # held until the alignment is decided on them
         while not self._stop.is_set():
             try:
-                item = self.queue.get(timeout=IDLE)
+                item = self.queue.get_nowait()
             except queue.Empty:
-                if session.alignment != "auto":
-                    session.refine_floor()   # idle: score a floor sample row alone now
-                continue
+                # Caught up with generation: score a noise floor row alone now, rather than
+                # after generation ends; with none waiting, wait for the next row.
+                if session.alignment != "auto" and session.refine_floor():
+                    continue
+                try:
+                    item = self.queue.get(timeout=IDLE)
+                except queue.Empty:
+                    continue
             if isinstance(item, _End):
                 break
             if session.alignment == "auto":

@@ -55,7 +55,8 @@ class RowScorer:
         self.noise_sample = noise_sample
         # The floor's sample so far: a max-heap on sample rank (negated), the items held.
         self.floor_heap: list[tuple[int, str]] = []
-        self.floor_items: dict[str, tuple[float, ScoringItem]] = {}   # key -> (nll_ref, item)
+        # key -> (sample rank, nll_ref, item)
+        self.floor_items: dict[str, tuple[int, float, ScoringItem]] = {}
         self.singles: dict[str, float] = {}   # key -> mean NLL scored alone
         self.part: list[tuple[Completion, Any]] = []
         self.progress = Progress("rescoring", None, quiet=True)
@@ -123,16 +124,20 @@ class RowScorer:
             self.singles.pop(out, None)
         else:
             return
-        self.floor_items[key] = (nll_ref, item)
+        self.floor_items[key] = (rank, nll_ref, item)
 
     def refine_floor(self) -> bool:
         """Score one sampled row alone, if one is waiting (the overlap thread calls this when
-        no row is queued). False when every sampled row has its single-pass score."""
-        for key, (_, item) in self.floor_items.items():
-            if key not in self.singles:
-                self.singles[key] = single_pass_nll(self.reference, item)
-                return True
-        return False
+        no row is queued): the lowest sample rank first, the row least likely to be pushed
+        out of the sample by rows still to come. False when every sampled row has its
+        single-pass score."""
+        waiting = [(rank, key) for key, (rank, _, _) in self.floor_items.items()
+                   if key not in self.singles]
+        if not waiting:
+            return False
+        _, key = min(waiting)
+        self.singles[key] = single_pass_nll(self.reference, self.floor_items[key][2])
+        return True
 
     def finish(self) -> dict[str, Any]:
         """Flush, score the floor's sampled rows not yet scored alone; the manifest's scoring
@@ -151,5 +156,5 @@ class RowScorer:
             while self.refine_floor():
                 pass
             out["noise_floor"] = {"self": quantiles(
-                [nll - self.singles[k] for k, (nll, _) in self.floor_items.items()])}
+                [nll - self.singles[k] for k, (_, nll, _) in self.floor_items.items()])}
         return out
