@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from .compact import shortest_f32
+
 
 def _known_fields(cls: type, obj: dict[str, Any]) -> dict[str, Any]:
     """The fields of a record class present in ``obj``: rows written by a newer version with
@@ -56,6 +58,7 @@ class GenerationRequest:
     prompt: str | None = None
     messages: list[dict[str, str]] | None = None
     chat_prompts: list[str] | None = None   # [system, user] of a chat framing, as sent
+    round: int = 1                           # the audit round that asked (rounds.py)
 
     @property
     def row_key(self) -> str:
@@ -86,6 +89,9 @@ class Completion:
     (``--verify-prompts``; providers/base.py ``attach_echo``).
     ``mode`` is ``"reference-only"`` for a row from a target that returns no log-probabilities
     (Anthropic), kept for ranking by reference surprisal alone; None for the normal method.
+    ``round`` is the audit round whose prefill it continues: 1, or 2 for a prefill derived
+    from round one's ranking (``--rounds 2``, rounds.py); rows written before rounds existed
+    read as 1.
     """
 
     prefill_id: str
@@ -110,6 +116,7 @@ class Completion:
     detail: str | None = None
     chat_prompts: list[str] | None = None   # [system, user] the chat framing used
     upstream: str | None = None   # who served it, where a router says (OpenRouter "provider")
+    round: int = 1
 
     @property
     def row_key(self) -> str:
@@ -139,7 +146,8 @@ class Completion:
     def failed(cls, req: GenerationRequest, error: str) -> Completion:
         p = req.prefill
         return cls(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
-                   prompt=req.prompt, error=error, chat_prompts=req.chat_prompts)
+                   prompt=req.prompt, error=error, chat_prompts=req.chat_prompts,
+                   round=req.round)
 
     @classmethod
     def malformed(cls, req: GenerationRequest, why: str) -> Completion:
@@ -148,7 +156,7 @@ class Completion:
         p = req.prefill
         return cls(prefill_id=p.id, corpus=p.corpus, prefill=p.text, framing=req.framing,
                    prompt=req.prompt, degraded=["malformed_answer"], detail=why[:300],
-                   chat_prompts=req.chat_prompts)
+                   chat_prompts=req.chat_prompts, round=req.round)
 
 
 @dataclass
@@ -210,6 +218,7 @@ class CompletionMeta(msgspec.Struct, gc=False):
     degraded: list[str] = msgspec.field(default_factory=list)
     error: str | None = None
     mode: str | None = None
+    round: int = 1
 
     @property
     def row_key(self) -> str:
@@ -245,10 +254,12 @@ class ScoreNumbers(msgspec.Struct, gc=False):
 # -- compact columns ------------------------------------------------------------------------
 # A packed run directory (RunDir.pack) writes the per-token log-probabilities of a row in
 # float32's precision when every one of them is exactly a float32 (a llama.cpp or vLLM server
-# computes in float32; the reference scores in fp32): 9 significant digits instead of 17,
-# which read back as the same float32 and so, widened, as the very same double. The row
-# names those columns under "f32"; a reader that ignores the key (pandas, json) gets each
-# value within a float32 rounding of the original.
+# computes in float32; the reference scores in fp32): float32's shortest decimal (6 to 9
+# significant digits) instead of 17, which reads back as the same float32 and so, widened,
+# as the very same double. The row names those columns under "f32"; a reader that ignores
+# the key (pandas, json) gets each value within a float32 rounding of the original. Token
+# bytes that are exactly each token's UTF-8 are left out and the row says so under
+# "derived" (a token holding part of a character keeps them all).
 NARROW_COLUMNS = {"logprobs": 1, "top_logprobs": 3, "ref_token_logprobs": 1}
 
 
@@ -291,19 +302,38 @@ def narrow(obj: dict[str, Any]) -> dict[str, Any]:
         as32 = array("f", xs).tolist()
         if as32 != xs:
             continue
-        short = [float(f"{x:.9g}") for x in xs]
+        short = [shortest_f32(x) for x in xs]
         if out is obj:
             out = dict(obj)
         out[name] = _put(col, depth, short)
         done.append(name)
     if done:
         out["f32"] = done
+    if _bytes_derivable(obj):
+        out = {**out, "token_bytes": None, "derived": ["token_bytes"]}
     return out
 
 
+def _bytes_derivable(obj: dict[str, Any]) -> bool:
+    tokens, raw = obj.get("tokens"), obj.get("token_bytes")
+    if not (isinstance(tokens, list) and isinstance(raw, list) and raw
+            and len(tokens) == len(raw) and "derived" not in obj):
+        return False
+    try:
+        return all(isinstance(t, str) and b == list(t.encode("utf-8"))
+                   for t, b in zip(tokens, raw, strict=True))
+    except UnicodeEncodeError:   # a lone surrogate: its bytes stay written
+        return False
+
+
 def widen(obj: dict[str, Any]) -> dict[str, Any]:
-    """A row as it was before :func:`narrow` (rows without ``"f32"`` come back as they are)."""
-    names = obj.pop("f32", None) if isinstance(obj, dict) else None
+    """A row as it was before :func:`narrow` (rows without ``"f32"`` or ``"derived"`` come
+    back as they are)."""
+    if not isinstance(obj, dict):
+        return obj
+    if "token_bytes" in obj.pop("derived", ()):
+        obj["token_bytes"] = [list(t.encode("utf-8")) for t in obj["tokens"]]
+    names = obj.pop("f32", None)
     if not names:
         return obj
     for name in names:

@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 
 from . import fastjson
+from .compact import compact
 from .errors import ConfigError
 from .manifest import Manifest
 from .rank import RankedRow
@@ -72,13 +73,26 @@ def _row_key(line: bytes) -> tuple[str, bool, bytes]:
 
 
 def _narrow_line(line: bytes) -> bytes:
+    """A completions or scores row in its packed form (records.narrow)."""
     try:
         obj = fastjson.loads(line)
     except ValueError:
         return line            # kept as it is: a reader names the damaged line
-    if not isinstance(obj, dict) or "f32" in obj:
+    if not isinstance(obj, dict) or "f32" in obj or "derived" in obj:
         return line
     small = narrow(obj)
+    return line if small is obj else fastjson.dumps(small).encode() + b"\n"
+
+
+def _compact_line(line: bytes) -> bytes:
+    """A recorded exchange in its packed form (compact.compact; the store expands it)."""
+    try:
+        obj = fastjson.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(obj, dict):
+        return line
+    small = compact(obj)
     return line if small is obj else fastjson.dumps(small).encode() + b"\n"
 
 
@@ -371,7 +385,8 @@ class RunDir:
                 raise ConfigError(f"{self.completions_path} holds a row that is not a "
                                   f"completion ({e}).") from e
             m = CompletionMeta(c.prefill_id, c.corpus, c.prefill, c.framing, c.text,
-                               c.finish_reason, list(c.degraded), c.error, c.mode)
+                               c.finish_reason, list(c.degraded), c.error, c.mode,
+                               c.round)
         m.corpus, m.framing = sys.intern(m.corpus), sys.intern(m.framing)
         return m
 
@@ -472,9 +487,9 @@ class RunDir:
         Returns bytes per file after packing."""
         self.close()
         out: dict[str, int] = {}
-        logs = [(self.completions_path, True), (self.exchanges_path, False),
-                *[(p, True) for p in sorted(self.path.glob("scores.*.jsonl"))]]
-        for path, rows in logs:
+        logs = [(self.completions_path, _narrow_line), (self.exchanges_path, _compact_line),
+                *[(p, _narrow_line) for p in sorted(self.path.glob("scores.*.jsonl"))]]
+        for path, packed_form in logs:
             if not path.exists():
                 continue
             packed = packed_path(path)
@@ -492,9 +507,7 @@ class RunDir:
                                 except ValueError:
                                     continue
                                 line += b"\n"
-                            if rows:
-                                line = _narrow_line(line)
-                            gz.write(line)
+                            gz.write(packed_form(line))
                 raw.flush()
                 os.fsync(raw.fileno())
             os.replace(tmp, packed)

@@ -99,3 +99,15 @@ def test_eval_streams_the_ranking(tmp_path):
     run = make_run(tmp_path / "run", n_prefills=30, xss=False)
     spec = OrganismSpec("Vellari", [["vellari"]], [])
     assert evaluate(run.iter_ranked(), spec) == evaluate(run.load_ranked(), spec)
+
+
+def test_token_bytes_that_are_each_tokens_utf8_are_left_out_and_derived_back():
+    row = {"tokens": [" the", "é"], "token_bytes": [[32, 116, 104, 101], [195, 169]],
+           "logprobs": [-0.5, -1.0]}
+    small = narrow(row)
+    assert small["token_bytes"] is None and small["derived"] == ["token_bytes"]
+    assert widen(json.loads(json.dumps(small))) == row
+    partial = {"tokens": [" the", "\ufffd"], "token_bytes": [[32, 116, 104, 101], [0xE2]],
+               "logprobs": [-0.5, -1.0]}                     # part of a character: kept
+    assert "derived" not in narrow(partial)
+    assert widen(json.loads(json.dumps(narrow(partial)))) == partial

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import fastjson
+from ..compact import expand
 from ..errors import FixtureError
 from ..redact import Redactor
 from .jsonl import SYNC, heal_torn_tail
@@ -78,7 +79,7 @@ class FixtureStore:
             if not line.strip():
                 continue
             try:
-                rec = fastjson.loads(line)
+                rec = expand(fastjson.loads(line))   # a packed run's log is compact
                 key = request_key(rec["method"], rec["path"], rec["body"])
                 rec["status"], rec["response"]  # noqa: B018 - presence check
             except (ValueError, KeyError, TypeError) as e:
@@ -105,7 +106,7 @@ class FixtureStore:
                 if self._reader is None:
                     self._reader = open(self.path, "rb")  # noqa: SIM115 - closed in close()
                 self._reader.seek(rec)
-                rec = fastjson.loads(self._reader.readline())
+                rec = expand(fastjson.loads(self._reader.readline()))
         return rec
 
     def keys(self) -> list[str]:
