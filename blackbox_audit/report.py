@@ -443,7 +443,7 @@ def render(run_path: str | Path, spec: OrganismSpec | None = None, reference: st
     t0 = time.monotonic()
     run = RunDir(run_path)
     manifest = run.read_manifest()
-    if not (run.path / "ranked.jsonl").exists() or next(run.iter_ranked(), None) is None:
+    if not run.ranked_path.exists() or next(run.iter_ranked(), None) is None:
         raise ConfigError(f"{run.path} has no ranked.jsonl; run audit or score first.")
     if not spec:
         flagged = None

@@ -84,6 +84,21 @@ def _narrow_line(line: bytes) -> bytes:
     return line if small is obj else fastjson.dumps(small).encode() + b"\n"
 
 
+def _gzip_file(path: Path, level: int) -> int:
+    """``path`` gzip-compressed into ``NAME.gz`` (atomically), then removed; the new size."""
+    packed = packed_path(path)
+    tmp = packed.with_name(packed.name + ".tmp")
+    with open(path, "rb") as src, open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0) as gz:
+            while chunk := src.read(1 << 20):
+                gz.write(chunk)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(tmp, packed)
+    path.unlink()
+    return packed.stat().st_size
+
+
 def _compact_line(line: bytes) -> bytes:
     """A recorded exchange in its packed form (compact.compact; the store expands it)."""
     try:
@@ -439,6 +454,15 @@ class RunDir:
                 r = row.to_json()
                 jf.write(self.redactor.dumps(r) + "\n")
                 w.writerow({k: redact(str(r.get(k, ""))) for k in columns})
+        for old in (packed_path(path), packed_path(csv_path)):   # a packed earlier ranking
+            old.unlink(missing_ok=True)
+
+    @property
+    def ranked_path(self) -> Path:
+        """ranked.jsonl, or its packed form (``ranked.jsonl.gz``) when only that exists."""
+        plain = self.path / "ranked.jsonl"
+        packed = packed_path(plain)
+        return packed if packed.exists() and not plain.exists() else plain
 
     @property
     def themes_path(self) -> Path:
@@ -468,7 +492,7 @@ class RunDir:
 
     def iter_ranked(self) -> Iterator[RankedRow]:
         """ranked.jsonl's rows, streamed in the order written (each group in rank order)."""
-        for obj in read_jsonl(self.path / "ranked.jsonl"):
+        for obj in read_jsonl(self.ranked_path):
             yield RankedRow.from_json(obj)
 
     def load_ranked(self) -> list[RankedRow]:
@@ -477,13 +501,18 @@ class RunDir:
     # packing ------------------------------------------------------------------------------
     def pack(self, level: int = 6) -> dict[str, int]:
         """Compress the append-only logs (completions, every scores file, the exchange log)
-        into ``NAME.gz`` beside each, rows unchanged but for the per-token log-probabilities
-        written in float32's 9 digits where they are float32 (records.narrow; read back
-        exactly). A finished run directory is then a fraction of its size, readable with
-        ``gzip``/``json`` or ``pandas.read_json(path, lines=True)``. Appends after packing go
-        to the plain file again and are read after the packed part; packing again merges
-        them. Crash-safe: the packed file replaces the old one atomically and the plain rows
-        are removed only after it is on disk (rows read twice until then are the same rows).
+        into ``NAME.gz`` beside each, and the ranking (ranked.jsonl, ranked.csv) likewise.
+        Rows are unchanged but for lossless compact forms: the per-token log-probabilities
+        of completions and scores in float32's shortest digits where they are float32, token
+        bytes that are each token's UTF-8 left out (records.narrow); recorded answers in the
+        compact form of :mod:`blackbox_audit.compact` (expanded by the fixture store, so a
+        packed exchange log replays as recorded). A finished run directory is then a
+        fraction of its size, readable with ``gzip``/``json`` or ``pandas.read_json(path,
+        lines=True)``. Appends after packing go to the plain file again and are read after
+        the packed part; packing again merges them; a new ranking is written plain and
+        replaces the packed one. Crash-safe: the packed file replaces the old one atomically
+        and the plain rows are removed only after it is on disk (rows read twice until then
+        are the same rows).
         Returns bytes per file after packing."""
         self.close()
         out: dict[str, int] = {}
@@ -513,6 +542,9 @@ class RunDir:
             os.replace(tmp, packed)
             path.unlink()
             out[packed.name] = packed.stat().st_size
+        for path in (self.path / "ranked.jsonl", self.path / "ranked.csv"):
+            if path.exists():    # whole files, rewritten by each ranking: gzip as they are
+                out[packed_path(path).name] = _gzip_file(path, level)
         return out
 
     def close(self) -> None:

@@ -39,7 +39,8 @@ def test_pack_reads_back_every_row_exactly_and_appends_go_on(tmp_path):
     run.completions_path.write_text("".join(json.dumps(c.to_json()) + "\n"
                                             for c in before_c.values()))
     sizes = RunDir(run.path).pack()
-    assert set(sizes) == {"completions.jsonl.gz", "scores.ref.jsonl.gz"}
+    assert set(sizes) == {"completions.jsonl.gz", "scores.ref.jsonl.gz", "ranked.jsonl.gz",
+                          "ranked.csv.gz"}
     assert not run.completions_path.exists()
     again = RunDir(run.path)
     assert again.load_completions() == before_c and again.load_scores("ref") == before_s
@@ -111,3 +112,28 @@ def test_token_bytes_that_are_each_tokens_utf8_are_left_out_and_derived_back():
                "logprobs": [-0.5, -1.0]}                     # part of a character: kept
     assert "derived" not in narrow(partial)
     assert widen(json.loads(json.dumps(narrow(partial)))) == partial
+
+
+def test_a_packed_ranking_reads_alike_and_a_new_ranking_replaces_it(tmp_path):
+    import gzip
+
+    from blackbox_audit.audit import rank
+    from blackbox_audit.plan import scoring_plan
+
+    run = make_run(tmp_path / "run", n_prefills=12, xss=False)
+    before = run.load_ranked()
+    csv_before = (run.path / "ranked.csv").read_bytes()
+    sizes = RunDir(run.path).pack()
+    assert {"ranked.jsonl.gz", "ranked.csv.gz"} <= set(sizes)
+    assert not (run.path / "ranked.jsonl").exists()
+    assert gzip.decompress((run.path / "ranked.csv.gz").read_bytes()) == csv_before
+    packed = RunDir(run.path)
+    assert packed.ranked_path.name == "ranked.jsonl.gz"
+    assert packed.load_ranked() == before
+    assert render(run.path).rows == len(before)              # the report reads it too
+    again, _ = rank(scoring_plan(reference=None), packed)   # a new ranking, plain again
+    packed.close()
+    assert (run.path / "ranked.jsonl").exists()
+    assert not (run.path / "ranked.jsonl.gz").exists()
+    assert not (run.path / "ranked.csv.gz").exists()
+    assert RunDir(run.path).load_ranked() == again
