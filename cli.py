@@ -180,11 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--spec", metavar="FILE",
                     help="organism spec (JSON): mark and count rows matching the objective")
 
-    pk = sub.add_parser("pack", help="compress a finished run directory's logs (completions, "
-                                     "scores, exchanges) to a fraction of their size",
-                        description="Gzip completions.jsonl, scores.*.jsonl and exchanges.jsonl "
-                        "into NAME.gz beside each (float32 log-probabilities in 9 digits, read "
-                        "back exactly); every command reads packed runs, appends go on after.")
+    pk = sub.add_parser("pack", help="compress a finished run directory (completions, scores, "
+                                     "exchanges, ranking) to about a seventh of its size",
+                        description="Gzip completions.jsonl, scores.*.jsonl, exchanges.jsonl and "
+                        "ranked.jsonl/.csv into NAME.gz beside each, in lossless compact forms "
+                        "(float32 log-probabilities in their shortest digits, token bytes that "
+                        "are the token's UTF-8 left out, recorded answers as columns): every "
+                        "value reads back exactly; every command, replay included, reads packed "
+                        "runs; appends go on after.")
     pk.add_argument("run", help="run directory")
 
     rp = sub.add_parser("report", help="write report.html: the run's ranking to triage in a "
