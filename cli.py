@@ -114,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "reference loads at the start): wall time near the longer of the two "
                         "stages instead of their sum. Default torch threads: the cores less "
                         "one")
+    rd = a.add_argument_group("a second round")
+    rd.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="1 (default) or 2: after round one is ranked, send a second round of "
+                         "prefills derived from what its top rows and themes surfaced (not from "
+                         "any spec), ranked with round one, every row marked with its round "
+                         "(docs/rounds.md)")
+    rd.add_argument("--round2-budget", type=float, default=0.5, metavar="SHARE",
+                    help="round two's rows at most, as a share of round one's (0.5: half as "
+                         "many again); fewer when the ranking offers fewer new openings")
+    rd.add_argument("--round2-top", type=int, default=10, metavar="K",
+                    help="distinct top rows of each (corpus, framing) ranking that round two "
+                         "reads (10)")
     a.add_argument("--max-degraded-share", type=float, default=0.25,
                    help="fail (exit 5) when more than this share of rows is degraded or "
                         "failed (0.25); the rows are kept either way")
@@ -567,7 +579,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             verify_prompts=args.verify_prompts, torch_threads=args.threads,
             scorer=args.scorer, ray_address=args.ray_address, replicas=args.replicas,
             replica_threads=args.replica_threads, overlap=args.overlap,
-            pin_upstream=args.pin_upstream)
+            pin_upstream=args.pin_upstream, rounds=args.rounds,
+            round2_budget=args.round2_budget, round2_top=args.round2_top)
         ba.apply_process_settings(p.process)
         result = ba.audit(p)
         if p.generate_only:

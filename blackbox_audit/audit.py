@@ -11,6 +11,10 @@ rerun alone (``score`` with another reference never pays for generation again):
    appended to scores.<ref>.jsonl (``score_run``).
 3. ``rank``: rows ranked within each (corpus, framing), ranked.jsonl/.csv written.
 
+With ``--rounds 2`` (rounds.py), between 2 and 3: ``generate_round_two`` derives new prefills
+from round one's ranking, writes them to round2-prefills.jsonl and sends them; ``score`` scores
+the new rows; the ranking then holds both rounds, each row marked with its ``round``.
+
 ``audit`` runs the three and checks the share of degraded rows; ``rescore`` runs 2 and 3 on an
 existing run.
 """
@@ -52,6 +56,10 @@ from .rank import rank as rank_rows
 from .records import Completion, GenerationRequest, Prefill
 from .redact import Redactor
 from .reference import ReferenceModel, ReferenceSpec, load_tokenizer
+from .rounds import PREFILLS_FILE, Derived, budget_prefills, budget_rows, derive
+from .rounds import load as load_derived
+from .rounds import save as save_derived
+from .rounds import summary as derivation_summary
 from .rowscorer import RowScorer
 from .rundir import RunDir
 from .scorer import Scorer
@@ -101,15 +109,28 @@ def chat_template(path: str | None, tokenizer, name: str, needed: bool) -> ChatT
 # -- stage 1: prefills, requests and generation ---------------------------------------------
 def build_requests(g: GenerationPlan, reference: ReferenceSpec, quiet: bool = True
                    ) -> tuple[list[Prefill], list[GenerationRequest], ChatTemplate | None]:
-    """Every request of the run, in a stable order: each prefill in each framing."""
+    """Every request of round one, in a stable order: each prefill in each framing."""
     tokenizer = tokenizer_for(reference)
     template = chat_template(g.chat_template, tokenizer, reference.name,
                              any(f != "raw" for f in g.framings))
-    counter = tokenizer if g.prefill_counter is None else tokenizer_for(g.prefill_counter)
-    cut = make_cutter(lambda s: counter(s, add_special_tokens=False).input_ids, counter.decode)
     docs = count_progress(documents(g.prefills), "prefills", "documents read", quiet=quiet)
-    prefills = select_prefills(docs, cut, g.prefill_tokens, g.per_corpus, g.seed,
-                               list(g.corpora) if g.corpora else None)
+    prefills = select_prefills(docs, prefill_cutter(g, reference), g.prefill_tokens,
+                               g.per_corpus, g.seed, list(g.corpora) if g.corpora else None)
+    return prefills, frame_requests(prefills, g, template), template
+
+
+def prefill_cutter(g: GenerationPlan, reference: ReferenceSpec
+                   ) -> Callable[[str, int], str | None]:
+    """Cuts a text to its first N tokens of the prefill tokenizer (the reference's, unless
+    --prefill-tokenizer names another): round one's openings and round two's alike."""
+    tokenizer = tokenizer_for(reference)
+    counter = tokenizer if g.prefill_counter is None else tokenizer_for(g.prefill_counter)
+    return make_cutter(lambda s: counter(s, add_special_tokens=False).input_ids, counter.decode)
+
+
+def frame_requests(prefills: list[Prefill], g: GenerationPlan, template: ChatTemplate | None,
+                   round_no: int = 1) -> list[GenerationRequest]:
+    """Each prefill in each framing of the plan, in a stable order, marked with its round."""
     requests = []
     prompts = g.prompts
     said = prompts.to_json()   # recorded in every chat row
@@ -118,17 +139,17 @@ def build_requests(g: GenerationPlan, reference: ReferenceSpec, quiet: bool = Tr
             if framing == "chat-continue":
                 requests.append(GenerationRequest(p, framing, g.max_tokens, g.top_logprobs,
                                                   messages=continue_messages(p.text, prompts),
-                                                  chat_prompts=said))
+                                                  chat_prompts=said, round=round_no))
             elif framing == "chat" and g.chat_mode == "prefill":
                 requests.append(GenerationRequest(p, framing, g.max_tokens, g.top_logprobs,
                                                   messages=chat_messages(p.text, prompts),
-                                                  chat_prompts=said))
+                                                  chat_prompts=said, round=round_no))
             else:
                 requests.append(GenerationRequest(
                     p, framing, g.max_tokens, g.top_logprobs,
                     prompt=render_prompt(framing, p.text, template, prompts),
-                    chat_prompts=said if framing != "raw" else None))
-    return prefills, requests, template
+                    chat_prompts=said if framing != "raw" else None, round=round_no))
+    return requests
 
 
 def writes(stage: Callable[..., T]) -> Callable[..., T]:
@@ -141,13 +162,9 @@ def writes(stage: Callable[..., T]) -> Callable[..., T]:
     return locked
 
 
-@writes
-def generate(plan: Plan, run: RunDir,
-             on_row: Callable[[Completion], None] | None = None) -> Manifest:
-    """Stage 1: send every request of the plan not yet answered on disk; account for every
-    session (an interrupted one too: its calls were paid). ``on_row``: called with each row
-    once it is on disk (``overlap`` scores it meanwhile); it must not block."""
-    manifest = run.read_manifest()
+def check_resume(manifest: Manifest, plan: Plan, run: RunDir) -> None:
+    """A run directory resumes only under the settings that decided its requests: the
+    generation block, and for a run with a second round, its rounds settings."""
     g = plan.generation
     if manifest.generation and manifest.generation != g.settings():
         old, new = manifest.generation, g.settings()
@@ -155,18 +172,48 @@ def generate(plan: Plan, run: RunDir,
                          if old.get(k) != new.get(k))
         raise ConfigError(f"{run.path} holds a run with other generation settings ({diff}). "
                           "Rerun with the same flags to resume it, or pass a new --out.")
-    t_start = time.monotonic()
+    if manifest.rounds:
+        old, new = manifest.rounds, plan.rounds.settings()
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new
+                         if old.get(k) != new[k])
+        if diff:
+            raise ConfigError(f"{run.path} holds an audit with a second round ({diff}). "
+                              "Rerun with the same --rounds, --round2-budget and --round2-top "
+                              "to resume it, or pass a new --out.")
+
+
+@writes
+def generate(plan: Plan, run: RunDir,
+             on_row: Callable[[Completion], None] | None = None) -> Manifest:
+    """Stage 1: send every request of round one not yet answered on disk; account for every
+    session (an interrupted one too: its calls were paid). ``on_row``: called with each row
+    once it is on disk (``overlap`` scores it meanwhile); it must not block."""
+    manifest = run.read_manifest()
+    check_resume(manifest, plan, run)
+    g = plan.generation
     spec = plan.scoring.reference
     where = f"{spec.path}/{spec.gguf_file}" if spec.gguf_file else spec.path
     log(plan.quiet, f"reference: {spec.name} ({where})")
     for w in plan.warnings:
         log(plan.quiet, f"warning: {w}")
     prefills, requests, template = build_requests(g, spec, plan.quiet)
+    return send_round(plan, run, manifest, requests, template, f"prefills: {len(prefills)}",
+                      on_row=on_row)
+
+
+def send_round(plan: Plan, run: RunDir, manifest: Manifest, requests: list[GenerationRequest],
+               template: ChatTemplate | None, what: str, round_no: int = 1,
+               on_row: Callable[[Completion], None] | None = None,
+               sample: GenerationRequest | None = None) -> Manifest:
+    """Send the requests of one round not yet answered on disk, as one session of the
+    manifest's accounting (marked with its round). ``sample``: the request whose 2-token
+    version probes the endpoint first (default: the first not on disk; send)."""
+    t_start = time.monotonic()
+    g = plan.generation
     done = run.answered_keys()   # ids only: a resumed 100,000-row run holds no tokens
     todo = [r for r in requests if r.row_key not in done]
-    log(plan.quiet, f"prefills: {len(prefills)} x {len(g.framings)} framings = "
-                    f"{len(requests)} rows; {len(requests) - len(todo)} already on disk, "
-                    f"{len(todo)} to generate")
+    log(plan.quiet, f"{what} x {len(g.framings)} framings = {len(requests)} rows; "
+                    f"{len(requests) - len(todo)} already on disk, {len(todo)} to generate")
     e = plan.endpoint
     manifest = manifest.updated(
         tool="blackbox-audit", versions=versions(), generation=g.settings(),
@@ -194,9 +241,11 @@ def generate(plan: Plan, run: RunDir,
         seconds = round(time.monotonic() - t0, 2)
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                 time.gmtime(time.time() - (time.monotonic() - t_start)))
-        sessions = [*m.sessions, {"started": started, "rows_requested": len(todo),
-                                  "status": status, "requests": requests_now,
-                                  "generation_seconds": seconds}]
+        session = {"started": started, "rows_requested": len(todo), "status": status,
+                   "requests": requests_now, "generation_seconds": seconds}
+        if round_no != 1:
+            session["round"] = round_no
+        sessions = [*m.sessions, session]
         return m.updated(requests=requests_now, generation_seconds=seconds, sessions=sessions,
                          accounting=run_totals(sessions, pricer,
                                                ledger_totals(run.attempts_path)))
@@ -205,13 +254,70 @@ def generate(plan: Plan, run: RunDir,
     if todo:  # a finished run re-ranks without touching the network
         try:
             endpoint_info = asyncio.run(send(e, g, todo, run, stats, plan.quiet,
-                                              on_row=on_row))
+                                              sample=sample, on_row=on_row))
         except BaseException:
             run.write_manifest(account(manifest, "interrupted").updated(status="interrupted"))
             raise
     manifest = account(manifest, "done").updated(endpoint=endpoint_info, status="generated")
     run.write_manifest(manifest)
     return manifest
+
+
+# -- round two (--rounds 2; rounds.py) ------------------------------------------------------
+@writes
+def generate_round_two(plan: Plan, run: RunDir) -> Manifest:
+    """Stage 1 again, for round two: the prefills derived from round one's ranking
+    (:func:`blackbox_audit.rounds.derive`), each sent in every framing of the run. Round one
+    must be generated and scored.
+
+    The prefills are written to RUN/round2-prefills.jsonl before the first of them is sent,
+    and a resumed run reads them back from there instead of deriving again: it asks for the
+    same rows, and what is on disk is not asked twice. The manifest's ``rounds`` block holds
+    the settings (written first, so a resume with other ones is refused), the budget, and how
+    many prefills were derived and from what."""
+    manifest = run.read_manifest()
+    check_resume(manifest, plan, run)
+    g, r = plan.generation, plan.rounds
+    prefills, requests, template = build_requests(g, plan.scoring.reference, quiet=True)
+    budget = budget_prefills(len(requests), len(g.framings), r.budget)
+    block = {**r.settings(), "round_one_rows": len(requests),
+             "budget_rows": budget_rows(len(requests), r.budget), "budget_prefills": budget,
+             "prefills_file": PREFILLS_FILE}
+    path = run.path / PREFILLS_FILE
+    if path.exists():
+        derived = load_derived(path)
+    else:
+        run.write_manifest(manifest.updated(rounds=block))
+        derived = derive_round_two(plan, run, prefills, budget)
+        save_derived(path, derived, run.redactor.text)
+    block.update(derivation_summary(derived))
+    manifest = run.read_manifest().updated(rounds=block)
+    run.write_manifest(manifest)
+    sources = ", ".join(f"{k} {v}" for k, v in block["from"].items())
+    log(plan.quiet, f"round two: {len(derived)} prefills derived from round one's ranking "
+                    f"(budget {budget}; {sources}): {path}")
+    new = frame_requests([d.prefill for d in derived], g, template, round_no=2)
+    if not new:
+        return manifest
+    # every session of round two probes with its first request: one recorded probe, so a
+    # resumed round two asks no new one and a replay finds it
+    return send_round(plan, run, manifest, new, template,
+                      f"round two: {len(derived)} prefills", round_no=2, sample=new[0])
+
+
+def derive_round_two(plan: Plan, run: RunDir, round_one: list[Prefill], budget: int
+                     ) -> list[Derived]:
+    """Round two's prefills from round one's ranking and themes, as the ranking stage would
+    compute them from round one's rows alone (rows of round two are never read)."""
+    s = plan.scoring
+    meta = {k: m for k, m in run.completion_meta().items() if m.round == 1}
+    ranked, _ = rank_rows(meta, run.score_numbers(s.reference.name), s.ranking)
+    del meta
+    with gap_store(run, s.reference.name, ranked) as gaps:
+        found = themes_by_group(ranked, gaps=gaps)
+    return derive(ranked, found, {p.text for p in round_one},
+                  prefill_cutter(plan.generation, s.reference), plan.generation.prefill_tokens,
+                  budget, plan.rounds.top)
 
 
 async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest],
@@ -299,6 +405,7 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
             def done(req: GenerationRequest, c: Completion) -> None:
                 nonlocal failed
                 failed += c.error is not None
+                c.round = req.round    # providers know no rounds: the row is marked here
                 run.append_completion(c)
                 if on_row is not None:
                     on_row(c)
@@ -321,27 +428,31 @@ async def send(e: EndpointPlan, g: GenerationPlan, todo: list[GenerationRequest]
 # -- stage 2: reference scoring ------------------------------------------------------------
 @writes
 def score(s: ScoringPlan, run: RunDir, quiet: bool = True, rescoring: bool = False,
-          session: RowScorer | None = None) -> Manifest:
+          session: RowScorer | None = None, reference: Scorer | None = None) -> Manifest:
     """Stage 2: score every usable completion not yet scored by this reference. Streams the
     run directory: one chunk of rows' tokens in memory at a time. ``session``: the scoring
-    that ran while generation did (``overlap``), finished here with its loaded reference."""
+    that ran while generation did (``overlap``), finished here with its loaded reference.
+    ``reference``: a loaded scorer the caller holds and closes (a second round is scored
+    with round one's); else one is loaded here (or the session's taken) and closed."""
     manifest = run.read_manifest()
     framings = {m.framing for m in run.iter_meta()}
     if not framings:
         raise ConfigError(f"{run.path} has no completions.jsonl rows to score.")
+    owned = reference is None
     if session is not None:
         reference, view = session.reference, session.view
     else:
         tokenizer = tokenizer_for(s.reference)
         template = chat_template(s.chat_template, tokenizer, s.reference.name,
                                  "chat" in framings)
-        reference = scorer_for(s, tokenizer)
+        if reference is None:
+            reference = scorer_for(s, tokenizer)
         view = TokenizerView(tokenizer, template)
     try:
         scoring = score_run(run, None, reference, view, s.alignment, quiet, session=session)
     finally:
         close = getattr(reference, "close", None)
-        if close is not None:
+        if owned and close is not None:
             close()
     noise = combine(manifest.noise_floor, scoring.get("noise_floor"), s.noise_floor)
     info = {"name": reference.name, "path": s.reference.path,
@@ -490,7 +601,10 @@ def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
             log(plan.quiet, f"generated; score and rank later with: blackbox-audit score "
                             f"{run.path}")
             return AuditResult(run, manifest, [])
-        score(plan.scoring, run, plan.quiet, session=session)
+        if plan.rounds.rounds == 2:
+            two_rounds(plan, run, session)
+        else:
+            score(plan.scoring, run, plan.quiet, session=session)
         ranked, manifest = rank(plan.scoring, run)
         manifest = manifest.updated(status="done",
                                     seconds=round(time.monotonic() - t_start, 2))
@@ -500,6 +614,21 @@ def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
     assert manifest.counts is not None
     check_share(manifest.counts, plan.max_degraded_share, run)
     return AuditResult(run, manifest, ranked)
+
+
+def two_rounds(plan: Plan, run: RunDir, session: RowScorer | None) -> None:
+    """Round one scored, round two derived, sent and scored, with one loaded reference."""
+    s = plan.scoring
+    reference = session.reference if session is not None \
+        else scorer_for(s, tokenizer_for(s.reference))
+    try:
+        score(s, run, plan.quiet, session=session, reference=reference)
+        generate_round_two(plan, run)
+        score(s, run, plan.quiet, reference=reference)
+    finally:
+        close = getattr(reference, "close", None)
+        if close is not None:
+            close()
 
 
 def check_share(counts: Counts, most: float, run: RunDir) -> None:
@@ -533,5 +662,5 @@ def rescore(out: str, *, quiet: bool = False, **scoring: Any) -> AuditResult:
     return AuditResult(run, manifest, ranked)
 
 
-__all__ = ["AuditResult", "audit", "build_requests", "generate", "rank", "rescore", "score",
-           "score_run", "send"]
+__all__ = ["AuditResult", "audit", "build_requests", "generate", "generate_round_two", "rank",
+           "rescore", "score", "score_run", "send"]

@@ -43,7 +43,8 @@ class Manifest:
     must match), ``config`` (every setting), ``target``, ``framing``, ``endpoint`` (flavour,
     capabilities, the probe), ``sessions`` (one per invocation: requests, tokens, cost),
     ``accounting`` (the sessions added up), ``reference``, ``scoring``, ``noise_floor``,
-    ``ranking``, ``rescoring`` (one per ``score RUN``)."""
+    ``ranking``, ``rescoring`` (one per ``score RUN``), ``rounds`` (``--rounds 2``: its
+    settings, then how many prefills round two derived and from what)."""
 
     tool: str = "blackbox-audit"
     status: str | None = None           # generating | interrupted | generated | done
@@ -68,6 +69,7 @@ class Manifest:
     ranking: dict[str, Any] | None = None
     seconds: float | None = None
     rescoring: list[dict[str, Any]] = field(default_factory=list)
+    rounds: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def updated(self, **changes: Any) -> Manifest:

@@ -14,6 +14,7 @@ stage reads it (credentials.read_key).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
@@ -88,6 +89,24 @@ class Settings:
     replicas: int = 2                    # --scorer ray: replicas, each holding the model once
     replica_threads: int = 1             # --scorer ray: torch threads (CPUs) per replica
     overlap: bool = False                # score rows on a thread while generation runs
+    rounds: int = 1                      # 2: a second round derived from round one's ranking
+    round2_budget: float = 0.5           # round two's rows as a share of round one's
+    round2_top: int = 10                 # distinct top rows per group that round two reads
+
+
+@dataclass(frozen=True)
+class RoundsPlan:
+    """How many rounds an audit runs (rounds.py). Round two (``rounds`` 2) sends prefills
+    derived from round one's ranking: at most ``budget`` x round one's rows, read from the
+    top ``top`` distinct rows of each (corpus, framing) group and its themes."""
+
+    rounds: int = 1
+    budget: float = 0.5
+    top: int = 10
+
+    def settings(self) -> dict[str, Any]:
+        """The manifest's ``rounds`` settings: a resumed two-round run must have the same."""
+        return {"rounds": self.rounds, "round2_budget": self.budget, "round2_top": self.top}
 
 
 @dataclass(frozen=True)
@@ -209,6 +228,7 @@ class Plan:
     quiet: bool
     warnings: tuple[str, ...] = ()
     overlap: bool = False               # score while generating (blackbox_audit.overlap)
+    rounds: RoundsPlan = RoundsPlan()   # --rounds 2: a second round (blackbox_audit.rounds)
 
     def config_json(self) -> dict[str, Any]:
         """The manifest's "config" block: the settings as resolved, in the keys earlier
@@ -238,6 +258,7 @@ class Plan:
             "pin_upstream": e.upstream,
             "scorer": s.scorer, "ray_address": s.ray_address, "replicas": s.replicas,
             "replica_threads": s.replica_threads, "overlap": self.overlap,
+            **self.rounds.settings(),
         }
 
 
@@ -334,6 +355,7 @@ def resolve(s: Settings) -> Plan:
     if not 0.0 <= s.max_degraded_share <= 1.0:
         raise ConfigError("--max-degraded-share must be between 0 and 1.")
     ranking = RankConfig(rank_key, s.min_tokens, s.min_compression_ratio)
+    rounds = rounds_plan(s.rounds, s.round2_budget, s.round2_top, s.generate_only)
 
     target = parse_target(s.target, base_url=s.base_url, model=s.model or None,
                           api_key_env=s.api_key_env, flavour=s.flavour)
@@ -374,7 +396,29 @@ def resolve(s: Settings) -> Plan:
                 process=process_settings(s.torch_threads, overlap=s.overlap),
                 mode="reference-only" if s.reference_only else "perplexity-difference",
                 generate_only=s.generate_only, max_degraded_share=s.max_degraded_share,
-                quiet=s.quiet, warnings=(*warnings, *bank_warning(s)), overlap=s.overlap)
+                quiet=s.quiet, warnings=(*warnings, *bank_warning(s)), overlap=s.overlap,
+                rounds=rounds)
+
+
+def rounds_plan(rounds: int, budget: float, top: int, generate_only: bool = False
+                ) -> RoundsPlan:
+    """``--rounds``, ``--round2-budget`` and ``--round2-top``, checked before anything is
+    sent."""
+    if rounds not in (1, 2):
+        raise ConfigError(f"--rounds must be 1 or 2 (got {rounds}): round two follows what "
+                          "round one's ranking surfaced; a third round is not supported.")
+    if not (isinstance(budget, int | float) and math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"--round2-budget must be more than 0 (got {budget}): round two's "
+                          "rows as a share of round one's, e.g. 0.5 for half as many again. "
+                          "For no second round, leave out --rounds 2.")
+    if top < 1:
+        raise ConfigError(f"--round2-top must be at least 1 (got {top}): the distinct "
+                          "top rows of each ranking that round two reads.")
+    if rounds == 2 and generate_only:
+        raise ConfigError("--rounds 2 cannot be used with --generate-only: round two's "
+                          "prefills are derived from round one's ranking, which needs the "
+                          "reference's scores. Drop --generate-only, or run one round.")
+    return RoundsPlan(rounds, float(budget), top)
 
 
 def pinned_upstream(name: str | None, target: Any) -> str | None:

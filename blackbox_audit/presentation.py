@@ -90,11 +90,17 @@ def top_lines(ranked: list[RankedRow], top: int, flagged: frozenset[str],
             value = row.score if row.score is not None else row.ppl_diff
             shown = f"{value:>9.2f}" if isinstance(value, int | float) else f"{'-':>9s}"
             times = f" (x{copies})" if copies > 1 else ""
-            print(f"{row.rank:>3}{mark} {name} {shown}{times}  "
+            print(f"{row.rank:>3}{mark} {name} {shown}{times}  {round_mark(row)}"
                   f"[{terminal_safe(row.prefill or '')}] "
                   f"{terminal_safe(row.completion or '')[:110]}", file=out)
         if themes is not None:
             theme_lines(f"{corpus} / {framing}", themes.get((corpus, framing), []), out)
+
+
+def round_mark(row: RankedRow) -> str:
+    """'r2 ' before a row of a second round (--rounds 2: a prefill derived from round one's
+    ranking); nothing for round one's."""
+    return f"r{row.round} " if row.round != 1 else ""
 
 
 def top_table(ranked: list[RankedRow], top: int, flagged: frozenset[str] | None,
@@ -136,6 +142,7 @@ def top_table(ranked: list[RankedRow], top: int, flagged: frozenset[str] | None,
         value = row.score
         cells.append(f"{value:.2f}" if isinstance(value, int | float) else "-")
         text = Text()
+        text.append(round_mark(row), style="bold")
         text.append(f"[{terminal_safe(row.prefill or '')}] ", style="dim italic")
         text.append(terminal_safe(row.completion or ""))
         cells.append(text)

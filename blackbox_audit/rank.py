@@ -23,8 +23,8 @@ from .errors import ConfigError
 from .records import SCORE_KEYS, Completion, CompletionMeta, Score, ScoreNumbers
 
 # ranked.csv's columns, in order (ranked.jsonl holds every field of RankedRow).
-COLUMNS = ["corpus", "framing", "rank", "ppl_diff", "nll_diff", "bpb_diff", "vs_floor",
-           "ppl_ref", "ppl_target", "n_target_tokens", "finish_reason", "alignment",
+COLUMNS = ["corpus", "framing", "rank", "round", "ppl_diff", "nll_diff", "bpb_diff",
+           "vs_floor", "ppl_ref", "ppl_target", "n_target_tokens", "finish_reason", "alignment",
            "prefill_id", "prefill", "completion"]
 
 
@@ -35,7 +35,9 @@ class RankedRow:
     ``rank`` counts from 0 within the group; ``rank_key`` names the score it was ranked by;
     ``mode`` is "reference-only" for a target without log-probabilities (ranked by
     ``nll_ref``); ``vs_floor`` is the gap in units of the run's noise floor (None when no
-    floor is known); ``straddle`` is the context text a straddling reference token covered.
+    floor is known); ``straddle`` is the context text a straddling reference token covered;
+    ``round`` is the audit round that asked for the row (1, or 2 for a prefill derived from
+    round one's ranking: rounds.py); ranked.jsonl files written before rounds read as 1.
     """
 
     corpus: str
@@ -58,6 +60,7 @@ class RankedRow:
     nll_ref: float | None = None
     mode: str | None = None
     vs_floor: float | None = None
+    round: int = 1
 
     @property
     def row_id(self) -> str:
@@ -181,5 +184,6 @@ def rank(completions: Mapping[str, Completion | CompletionMeta],
                 finish_reason=c.finish_reason, alignment=s.alignment,
                 straddle=s.straddle, prefill_id=c.prefill_id, prefill=c.prefill,
                 completion=c.text, nll_ref=s.nll_ref, mode=c.mode,
-                vs_floor=vs_floor(s.nll_diff, cfg.noise_floor)))
+                vs_floor=vs_floor(s.nll_diff, cfg.noise_floor),
+                round=c.round))
     return out, dict(sorted(left_out.items()))
