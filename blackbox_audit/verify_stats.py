@@ -32,7 +32,7 @@ Pure: no I/O, no HTTP, no torch (``math`` and numpy). The math is written up in
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -733,89 +733,95 @@ def _check(name: str, n: int, failed: int, summary: str, evidence: dict[str, Any
                         n_failed=failed, summary=summary, evidence=evidence)
 
 
+class _Tally:
+    """Positions checked and failed, the worst value seen, and the first failures (evidence
+    a reader can look up): what every per-position honesty check reports."""
+
+    def __init__(self) -> None:
+        self.n = self.failed = 0
+        self.worst = 0.0
+        self.examples: list[dict[str, Any]] = []
+
+    def seen(self, value: float = 0.0) -> None:
+        self.n += 1
+        self.worst = max(self.worst, value)
+
+    def failure(self, value: float, example: dict[str, Any]) -> None:
+        self.failed += 1
+        self.worst = max(self.worst, value)
+        if len(self.examples) < 5:
+            self.examples.append(example)
+
+
+def _with_top(sequences: Sequence[Sequence[ServedToken]]
+              ) -> Iterator[tuple[int, int, ServedToken]]:
+    """(sequence, position, token) for every served token that came with its top-k."""
+    for si, seq in enumerate(sequences):
+        for pos, t in enumerate(seq):
+            if t.top:
+                yield si, pos, t
+
+
 def check_greedy_argmax(sequences: Sequence[Sequence[ServedToken]],
                         atol: float = 1e-4) -> HonestyCheck:
     """At temperature 0 the served token must be the argmax of its own top-k: its logprob
     (the top-k entry for its id when present, else the token's logprob) is at least the top-k
     maximum minus ``atol`` (ties within ``atol`` pass)."""
-    n = failed = 0
-    worst = 0.0
-    examples: list[dict[str, Any]] = []
-    for si, seq in enumerate(sequences):
-        for pos, t in enumerate(seq):
-            if not t.top:
-                continue
-            entries = _first_entries(t.top)
-            own = entries.get(t.id, t.logprob)
-            best_id, best = max(entries.items(), key=lambda kv: kv[1])
-            n += 1
-            gap = best - own if own is not None else math.inf
-            if own is None or gap > atol:
-                failed += 1
-                worst = max(worst, gap)
-                if len(examples) < 5:
-                    examples.append({"sequence": si, "position": pos, "served_id": t.id,
-                                     "served_logprob": own, "top_id": best_id,
-                                     "top_logprob": best})
+    tally = _Tally()
+    for si, pos, t in _with_top(sequences):
+        entries = _first_entries(t.top)
+        own = entries.get(t.id, t.logprob)
+        best_id, best = max(entries.items(), key=lambda kv: kv[1])
+        tally.seen()
+        gap = best - own if own is not None else math.inf
+        if own is None or gap > atol:
+            tally.failure(gap, {"sequence": si, "position": pos, "served_id": t.id,
+                                "served_logprob": own, "top_id": best_id,
+                                "top_logprob": best})
+    n, failed = tally.n, tally.failed
     return _check("greedy_argmax", n, failed,
                   f"{failed} of {n} positions served a token that is not its own top-k argmax"
                   if failed else f"served token was its own top-k argmax at all {n} positions",
-                  {"atol": atol, "worst_gap": worst, "examples": examples})
+                  {"atol": atol, "worst_gap": tally.worst, "examples": tally.examples})
 
 
 def check_topk_mass(sequences: Sequence[Sequence[ServedToken]],
                     tol: float = 1e-3) -> HonestyCheck:
     """The top-k probabilities of one position sum to at most 1 + ``tol``, no logprob is
     above ``tol``, and no id appears twice."""
-    n = failed = 0
-    worst = 0.0
-    examples: list[dict[str, Any]] = []
-    for si, seq in enumerate(sequences):
-        for pos, t in enumerate(seq):
-            if not t.top:
-                continue
-            n += 1
-            ids = [int(i) for i, _ in t.top]
-            mass = math.fsum(math.exp(min(lp, 50.0)) for _, lp in t.top)
-            worst = max(worst, mass)
-            bad = (mass > 1.0 + tol or any(lp > tol for _, lp in t.top)
-                   or len(set(ids)) != len(ids))
-            if bad:
-                failed += 1
-                if len(examples) < 5:
-                    examples.append({"sequence": si, "position": pos, "mass": mass,
-                                     "duplicate_ids": len(set(ids)) != len(ids)})
+    tally = _Tally()
+    for si, pos, t in _with_top(sequences):
+        ids = [int(i) for i, _ in t.top]
+        mass = math.fsum(math.exp(min(lp, 50.0)) for _, lp in t.top)
+        tally.seen(mass)
+        if mass > 1.0 + tol or any(lp > tol for _, lp in t.top) or len(set(ids)) != len(ids):
+            tally.failure(mass, {"sequence": si, "position": pos, "mass": mass,
+                                 "duplicate_ids": len(set(ids)) != len(ids)})
+    n, failed, worst = tally.n, tally.failed, tally.worst
     return _check("topk_mass", n, failed,
                   f"{failed} of {n} positions had top-k mass above 1 (max {worst:.6f})"
                   if failed else f"top-k mass at most 1 at all {n} positions (max {worst:.6f})",
-                  {"tol": tol, "max_mass": worst, "examples": examples})
+                  {"tol": tol, "max_mass": worst, "examples": tally.examples})
 
 
 def check_logprob_matches_topk(sequences: Sequence[Sequence[ServedToken]],
                                atol: float = 1e-4) -> HonestyCheck:
     """Where the served token appears in its own top-k, both report the same logprob."""
-    n = failed = 0
-    worst = 0.0
-    examples: list[dict[str, Any]] = []
-    for si, seq in enumerate(sequences):
-        for pos, t in enumerate(seq):
-            if not t.top or t.logprob is None:
-                continue
-            entry = _first_entries(t.top).get(t.id)
-            if entry is None:
-                continue
-            n += 1
-            d = abs(entry - t.logprob)
-            worst = max(worst, d)
-            if d > atol:
-                failed += 1
-                if len(examples) < 5:
-                    examples.append({"sequence": si, "position": pos, "logprob": t.logprob,
-                                     "top_entry": entry})
+    tally = _Tally()
+    for si, pos, t in _with_top(sequences):
+        entry = _first_entries(t.top).get(t.id) if t.logprob is not None else None
+        if entry is None:
+            continue
+        d = abs(entry - t.logprob)
+        tally.seen(d)
+        if d > atol:
+            tally.failure(d, {"sequence": si, "position": pos, "logprob": t.logprob,
+                              "top_entry": entry})
+    n, failed = tally.n, tally.failed
     return _check("logprob_matches_topk", n, failed,
                   f"{failed} of {n} positions reported two logprobs for the served token"
                   if failed else f"token and top-k logprobs agree at all {n} positions",
-                  {"atol": atol, "max_abs_diff": worst, "examples": examples})
+                  {"atol": atol, "max_abs_diff": tally.worst, "examples": tally.examples})
 
 
 def check_determinism(pairs: Sequence[tuple[Sequence[ServedToken], Sequence[ServedToken]]],
