@@ -8,8 +8,9 @@ each seed (the seed changes round one's prefill sample):
 - arm A, two rounds: ``audit --rounds 2`` with ``--per-corpus N`` and ``--round2-budget B``:
   round one's N prefills per corpus, then round two's prefills derived from its ranking;
 - arm B, one round at the same total: ``audit`` with as many more random prefills as arm A's
-  round two derived (``per_corpus = N + ceil(derived / corpora)``, the same seed, so its
-  sample is arm A's round one plus more of the same shuffle: the fairest equal budget).
+  round two derived (``per_corpus = N + ceil(derived / corpora)``: rounded up, so arm B
+  never has fewer requests than arm A; the same seed, so its sample is arm A's round one plus
+  more of the same shuffle: the fairest equal budget).
 
 Both arms of a seed share one exchange file (record mode auto): arm B's first rows are arm
 A's round one, answered from the recording instead of the server. Scored against the packaged
