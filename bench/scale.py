@@ -19,8 +19,16 @@ without hours of generation and scoring on 2 cores. Then each stage runs in its 
   find nothing left to score; then ranks, writes ranked.* and themes.json);
 - ``rank``: the rank stage alone; ``eval``: ``evaluate`` over the streamed ranking with the
   demo organism's spec; ``show``: the terminal's top 10; ``report``: report.html;
-- ``pack``: ``RunDir.pack`` (gzip, float32 columns), then bytes per row of the whole
-  directory, the exchange log included.
+- ``pack``: ``RunDir.pack`` (gzip and lossless compact forms), then bytes per row of the
+  whole directory, the exchange log included. One caveat of cloning: the clones of a row
+  rank side by side (equal scores), so the packed ranking compresses far better than a real
+  one (18 B a row at 100,000 against 170 B for the real 600-row demo ranking): add the
+  difference when reading the total.
+
+Why clones and not a loopback server with canned answers: a canned answer repeated 100,000
+times is one row to gzip, which would flatter every size figure here; clones of 600 real
+answers keep real token variety within gzip's window, and generation itself is measured by
+``bench/client.py``.
 
 Baseline in the same command: the same stages' figures at the smallest size; the targets are
 growth of at most 2 KB per row in peak RSS from the smallest to the largest size, under
