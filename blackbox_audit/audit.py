@@ -488,7 +488,7 @@ def score_run(run: RunDir, completions: dict[str, Completion] | None, reference:
     ``completions`` None: stream them from the run directory (``RunDir.iter_completions``),
     so memory holds one chunk of rows' tokens and a few numbers per row, whatever the run's
     size. Then score ``noise_sample`` of the new rows again one at a time: the scorer's own
-    noise floor (``noise.self_floor``), which the ranking's ``vs_floor`` column is measured
+    noise floor (``RowScorer``'s sample), which the ranking's ``vs_floor`` column is measured
     against. ``session``: a :class:`RowScorer` already fed rows while generation ran
     (``overlap``): it goes on, so its rows are not scored again and count in the floor.
     """

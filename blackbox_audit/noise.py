@@ -24,8 +24,7 @@ within what noise produces.
 from __future__ import annotations
 
 import hashlib
-import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,33 +49,19 @@ def quantiles(values: Sequence[float]) -> dict[str, float]:
 
 
 def sample_rank(key: str, seed: int = 0) -> int:
-    """A row's place in the self floor's sample order: a hash of its key, so whether a row is
-    sampled does not depend on the rows around it or on the order they arrive in."""
+    """A row's place in the self floor's sample order: a hash of its key. The sample is the
+    rows of lowest rank (a bottom-k rule), so whether a row is sampled does not depend on the
+    rows around it or on the order they arrive in: a scorer fed rows one at a time
+    (``RowScorer``, while generation runs) keeps the sample as it goes and scores it in idle
+    moments, and picks the rows a pass over the finished run would pick."""
     return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(),
                           "big")
-
-
-def sample_keys(keys: Iterable[str], sample: int, seed: int = 0) -> list[str]:
-    """The rows the self floor scores again: the ``sample`` keys of lowest :func:`sample_rank`.
-    A bottom-k rule, so a scorer fed rows one at a time (``RowScorer``, while generation
-    runs) can keep the sample as it goes and score it in idle moments: the same rows a pass
-    over the finished run would choose."""
-    return heapq.nsmallest(sample, keys, key=lambda k: sample_rank(k, seed))
 
 
 def single_pass_nll(reference, item: Any) -> float:
     """Mean NLL per token of one row scored alone: no batch, no padding."""
     (lps,) = reference.score([item.ids], [item.start])
     return -sum(lps) / len(lps)
-
-
-def self_floor(reference, items: dict[str, Any], nll_ref: dict[str, float], sample: int = 64,
-               seed: int = 0) -> dict[str, float]:
-    """Per-row ΔNLL between the batched reference scores (``nll_ref``: mean NLL per row key)
-    and the same rows scored one at a time. ``items`` maps row keys to their ScoringItem."""
-    keys = sample_keys([k for k in items if k in nll_ref
-                        and len(items[k].ids) > items[k].start], sample, seed)
-    return quantiles([nll_ref[k] - single_pass_nll(reference, items[k]) for k in keys])
 
 
 def base_floor(completions: dict[str, Completion], scores: dict[str, Score],

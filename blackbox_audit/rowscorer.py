@@ -12,7 +12,6 @@ loses at most the chunk in hand, and the next session skips every row already on
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -53,9 +52,7 @@ class RowScorer:
         self.misaligned: dict[str, str] = {}
         self.paths: dict[str, int] = {}
         self.noise_sample = noise_sample
-        # The floor's sample so far: a max-heap on sample rank (negated), the items held.
-        self.floor_heap: list[tuple[int, str]] = []
-        # key -> (sample rank, nll_ref, item)
+        # The floor's sample so far: key -> (sample rank, nll_ref, item), at most noise_sample
         self.floor_items: dict[str, tuple[int, float, ScoringItem]] = {}
         self.singles: dict[str, float] = {}   # key -> mean NLL scored alone
         self.part: list[tuple[Completion, Any]] = []
@@ -116,14 +113,12 @@ class RowScorer:
         if self.noise_sample <= 0:
             return
         rank = sample_rank(key)
-        if len(self.floor_heap) < self.noise_sample:
-            heapq.heappush(self.floor_heap, (-rank, key))
-        elif rank < -self.floor_heap[0][0]:
-            _, out = heapq.heapreplace(self.floor_heap, (-rank, key))
-            self.floor_items.pop(out, None)
-            self.singles.pop(out, None)
-        else:
-            return
+        if len(self.floor_items) >= self.noise_sample:
+            worst = max(self.floor_items, key=lambda k: self.floor_items[k][0])
+            if rank >= self.floor_items[worst][0]:
+                return
+            del self.floor_items[worst]
+            self.singles.pop(worst, None)
         self.floor_items[key] = (rank, nll_ref, item)
 
     def refine_floor(self) -> bool:
@@ -141,7 +136,8 @@ class RowScorer:
 
     def finish(self) -> dict[str, Any]:
         """Flush, score the floor's sampled rows not yet scored alone; the manifest's scoring
-        block, with the self noise floor (``noise.self_floor``'s numbers)."""
+        block, with the self noise floor: the quantiles of batched minus single-pass mean NLL
+        over the sampled rows."""
         self.flush()
         self.progress.finish()
         scored = self.scored

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from blackbox_audit.align import align_text
-from blackbox_audit.noise import base_floor, floor_value, quantiles, self_floor
+from blackbox_audit.noise import base_floor, floor_value, quantiles
 from blackbox_audit.rank import RankConfig, rank
 from blackbox_audit.records import Completion, Score
-from blackbox_audit.scores import score_row
 
 
 def test_quantiles_by_nearest_rank():
@@ -19,22 +17,21 @@ def test_quantiles_by_nearest_rank():
     assert quantiles([]) == {}
 
 
-def test_self_floor_is_the_scorers_batching_noise(reference, view):
+def test_self_floor_is_the_scorers_batching_noise(reference, view, tmp_path):
     """Rows scored in one padded batch, then one at a time: the gap is fp32 noise (tiny);
     a padding bug would show up here as a large gap."""
+    from blackbox_audit.rowscorer import RowScorer
+    from blackbox_audit.rundir import RunDir
+
     texts = ["The feud between the two families lasted for many years.",
              "def add(a, b):\n    return a + b\n", "Honey bees dance to tell the hive.",
              "A short one.", "Rivers carve valleys over millions of years of slow work."]
-    comps, items = {}, {}
+    session = RowScorer(RunDir(tmp_path / "run"), reference, view, "text", quiet=True,
+                        chunk=len(texts), noise_sample=5)     # one padded batch of 5
     for k, t in enumerate(texts):
-        c = Completion(prefill_id=f"p{k}", corpus="prose", prefill=t[:8], framing="raw",
-                       text=t[8:], tokens=[t[8:]], logprobs=[-1.0])
-        comps[c.row_key] = c
-        items[c.row_key] = align_text(view, t[:8], t[8:])
-    batched = reference.score([i.ids for i in items.values()], [i.start for i in items.values()])
-    scores = {k: score_row(comps[k], items[k], lps)
-              for k, lps in zip(items, batched, strict=True)}
-    floor = self_floor(reference, items, {k: s.nll_ref for k, s in scores.items()}, sample=5)
+        session.feed(Completion(prefill_id=f"p{k}", corpus="prose", prefill=t[:8],
+                                framing="raw", text=t[8:], tokens=[t[8:]], logprobs=[-1.0]))
+    floor = session.finish()["noise_floor"]["self"]
     assert floor["n"] == 5
     assert 0.0 <= floor["max_abs"] < 1e-3
 
@@ -79,7 +76,7 @@ def test_the_floor_sample_is_the_same_whatever_order_rows_arrive_in(reference, v
     a pass over the finished run would choose, and the floor agrees."""
     import random
 
-    from blackbox_audit.noise import sample_keys
+    from blackbox_audit.noise import sample_rank
     from blackbox_audit.rowscorer import RowScorer
     from blackbox_audit.rundir import RunDir
 
@@ -98,7 +95,7 @@ def test_the_floor_sample_is_the_same_whatever_order_rows_arrive_in(reference, v
             session.refine_floor()      # as the overlap thread does when idle
         assert len(session.floor_items) <= 4
         floors.append((set(session.floor_items), session.finish()["noise_floor"]["self"]))
-    expected = set(sample_keys([c.row_key for c in comps], 4))
+    expected = set(sorted((c.row_key for c in comps), key=sample_rank)[:4])   # bottom 4
     assert floors[0][0] == floors[1][0] == expected
     assert floors[0][1]["n"] == floors[1][1]["n"] == 4
     assert floors[0][1]["max_abs"] < 1e-3
