@@ -23,7 +23,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,43 +72,37 @@ def _row_key(line: bytes) -> tuple[str, bool, bytes]:
     return f"{obj['prefill_id']}:{obj['framing']}", obj.get("error") is not None, line
 
 
-def _narrow_line(line: bytes) -> bytes:
-    """A completions or scores row in its packed form (records.narrow)."""
+def _narrowed(obj: dict[str, Any]) -> dict[str, Any]:
+    """A completions or scores row in its packed form (records.narrow), once."""
+    return obj if "f32" in obj or "derived" in obj else narrow(obj)
+
+
+def _packed_line(line: bytes, form: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
+    """One line of a log in its packed ``form`` (``_narrowed``, or ``compact.compact`` for
+    the exchange log, which the fixture store expands); ``form`` returns the object itself
+    when it has nothing to change, and the line is then kept as it was."""
     try:
         obj = fastjson.loads(line)
     except ValueError:
         return line            # kept as it is: a reader names the damaged line
-    if not isinstance(obj, dict) or "f32" in obj or "derived" in obj:
+    if not isinstance(obj, dict):
         return line
-    small = narrow(obj)
+    small = form(obj)
     return line if small is obj else fastjson.dumps(small).encode() + b"\n"
 
 
-def _gzip_file(path: Path, level: int) -> int:
-    """``path`` gzip-compressed into ``NAME.gz`` (atomically), then removed; the new size."""
-    packed = packed_path(path)
-    tmp = packed.with_name(packed.name + ".tmp")
-    with open(path, "rb") as src, open(tmp, "wb") as raw:
+def _gzip_atomic(path: Path, chunks: Iterable[bytes], level: int) -> int:
+    """``chunks`` gzip-compressed into ``path`` (written beside it, fsync'd, then moved into
+    place: whole or absent); the new size."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0) as gz:
-            while chunk := src.read(1 << 20):
+            for chunk in chunks:
                 gz.write(chunk)
         raw.flush()
         os.fsync(raw.fileno())
-    os.replace(tmp, packed)
-    path.unlink()
-    return packed.stat().st_size
-
-
-def _compact_line(line: bytes) -> bytes:
-    """A recorded exchange in its packed form (compact.compact; the store expands it)."""
-    try:
-        obj = fastjson.loads(line)
-    except ValueError:
-        return line
-    if not isinstance(obj, dict):
-        return line
-    small = compact(obj)
-    return line if small is obj else fastjson.dumps(small).encode() + b"\n"
+    os.replace(tmp, path)
+    return path.stat().st_size
 
 
 def _score_numbers(line: bytes) -> ScoreNumbers:
@@ -499,6 +493,22 @@ class RunDir:
         return list(self.iter_ranked())
 
     # packing ------------------------------------------------------------------------------
+    def _whole_lines(self, path: Path) -> Iterator[bytes]:
+        """A log's rows as packing keeps them: its packed part, then what was appended since,
+        each line ending in a newline; blank lines and a torn last line dropped, as a reader
+        would."""
+        for part in self.log_files(path):
+            for line in _lines(part):
+                if not line.strip():
+                    continue
+                if not line.endswith(b"\n"):
+                    try:
+                        fastjson.loads(line)
+                    except ValueError:
+                        continue
+                    line += b"\n"
+                yield line
+
     def pack(self, level: int = 6) -> dict[str, int]:
         """Compress the append-only logs (completions, every scores file, the exchange log)
         into ``NAME.gz`` beside each, and the ranking (ranked.jsonl, ranked.csv) likewise.
@@ -516,35 +526,22 @@ class RunDir:
         Returns bytes per file after packing."""
         self.close()
         out: dict[str, int] = {}
-        logs = [(self.completions_path, _narrow_line), (self.exchanges_path, _compact_line),
-                *[(p, _narrow_line) for p in sorted(self.path.glob("scores.*.jsonl"))]]
-        for path, packed_form in logs:
-            if not path.exists():
-                continue
-            packed = packed_path(path)
-            tmp = packed.with_name(packed.name + ".tmp")
-            with open(tmp, "wb") as raw:
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level,
-                                   mtime=0) as gz:
-                    for part in self.log_files(path):
-                        for line in _lines(part):
-                            if not line.strip():
-                                continue
-                            if not line.endswith(b"\n"):
-                                try:         # a torn last line is dropped, as a reader would
-                                    fastjson.loads(line)
-                                except ValueError:
-                                    continue
-                                line += b"\n"
-                            gz.write(packed_form(line))
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, packed)
-            path.unlink()
-            out[packed.name] = packed.stat().st_size
+        logs = [(self.completions_path, _narrowed), (self.exchanges_path, compact),
+                *[(p, _narrowed) for p in sorted(self.path.glob("scores.*.jsonl"))]]
+        for path, form in logs:
+            if path.exists():
+                packed = packed_path(path)
+                out[packed.name] = _gzip_atomic(
+                    packed, (_packed_line(line, form) for line in self._whole_lines(path)),
+                    level)
+                path.unlink()
         for path in (self.path / "ranked.jsonl", self.path / "ranked.csv"):
             if path.exists():    # whole files, rewritten by each ranking: gzip as they are
-                out[packed_path(path).name] = _gzip_file(path, level)
+                with open(path, "rb") as src:
+                    packed = packed_path(path)
+                    out[packed.name] = _gzip_atomic(packed, iter(lambda: src.read(1 << 20), b""),
+                                                    level)
+                path.unlink()
         return out
 
     def close(self) -> None:
