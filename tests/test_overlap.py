@@ -31,17 +31,19 @@ ROWS = 68    # 17 prefills x 2 corpora x 2 framings: above one chunk (64), which
 
 class HoldsForScores(FakeOpenAIServer):
     """Answers the first ``hold_after`` generation requests at once; later ones wait until
-    ``run``'s scores file holds a row, then ``after`` seconds more."""
+    ``run``'s scores file holds ``scores`` rows (default 1), then ``after`` seconds more."""
 
-    def __init__(self, run: Path, hold_after: int, after: float = 0.0, **kw):
+    def __init__(self, run: Path, hold_after: int, after: float = 0.0, scores: int = 1, **kw):
         super().__init__(**kw)
         self.run, self.hold_after, self.after = run, hold_after, after
+        self.wanted = scores
         self.answered = 0
         self.held = 0
         self._count = threading.Lock()
 
     def scored(self) -> bool:
-        return any(p.stat().st_size > 0 for p in self.run.glob("scores.*.jsonl"))
+        return any(p.read_bytes().count(b"\n") >= self.wanted
+                   for p in self.run.glob("scores.*.jsonl"))
 
     def completion(self, body: dict) -> dict:
         if body.get("max_tokens") != 2:          # the preflight's probe is never held
@@ -71,9 +73,11 @@ def score_lines(run: Path) -> list[dict]:
 
 
 def test_overlap_scores_during_generation_each_row_once_same_ranking(tmp_path):
-    # The last two answers wait a second past the first score: idle time in which the
-    # thread scores the noise floor's sample rows alone, before generation ends.
-    with HoldsForScores(tmp_path / "over", hold_after=ROWS - 2, after=1.0) as server:
+    # The last two answers wait until every earlier row is scored, then a second more: the
+    # thread has caught up with generation, and scores noise floor rows alone meanwhile
+    # (a race between the scorer and the server's pace otherwise, lost on a busy machine).
+    with HoldsForScores(tmp_path / "over", hold_after=ROWS - 2, after=1.0,
+                        scores=ROWS - 2) as server:
         over = audit(config(server, tmp_path / "over", overlap=True))
     assert server.held >= 1            # generation waited on the scorer: it was running
     with FakeOpenAIServer() as server:
