@@ -269,3 +269,43 @@ def test_escaped_credential_in_a_raw_answer_is_still_redacted(tmp_path):
     run(client.aclose())
     text = path.read_text()
     assert secret not in text and hidden not in text and "<redacted>" in text
+
+
+def test_a_compressed_fixture_is_indexed_in_flat_memory_and_finds_compact_records(tmp_path):
+    """A packed run's exchange log (gzip, compact records) replays without holding its
+    records: loading 2,000 answers of ~10 KB (20 MB as text) peaks far below their size, and
+    a chat record whose messages were packed as columns is found by the request as sent."""
+    import gzip
+    import tracemalloc
+
+    from blackbox_audit.compact import MARK, compact
+
+    def answer(i: int) -> dict:
+        content = [{"token": f" w{j}", "logprob": -0.5, "bytes": list(f" w{j}".encode()),
+                    "top_logprobs": [{"token": f" w{j}", "logprob": -0.5,
+                                      "bytes": list(f" w{j}".encode())}]}
+                   for j in range(60)]
+        return {"id": f"a{i}", "choices": [{"message": {"content": "x" * 4000},
+                                            "logprobs": {"content": content}}]}
+
+    chat = {"model": "m", "messages": [{"role": "system", "content": "s"},
+                                       {"role": "user", "content": "u"}]}
+    records = [{"method": "POST", "path": "/chat/completions", "body": {**chat, "seed": i},
+                "status": 200, "content_type": "application/json", "response": answer(i)}
+               for i in range(2000)]
+    packed = [compact(r) for r in records]
+    assert "columns" in packed[0][MARK] and "v" in packed[0]["body"]["messages"]
+    text = "".join(json.dumps(p) + "\n" for p in packed)
+    path = tmp_path / "exchanges.jsonl.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    tracemalloc.start()
+    store = FixtureStore(path, writable=False)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(store) == 2000
+    # measured: peak 4.3 MB whatever the size (the copy's buffers), held 0.3 KB a record
+    # (the index); reading the file whole, as the store once did, peaks above the text's size
+    assert peak < len(text) / 3 and held < 1_000_000, (peak, held, len(text))
+    assert store.get(request_key("POST", "/chat/completions", {**chat, "seed": 1234})) \
+        == records[1234]
+    store.close()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import difflib
 import gzip
 import json
+import shutil
+import tempfile
 import threading
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .. import fastjson
-from ..compact import expand
+from ..compact import MARK, expand
 from ..errors import FixtureError
 from ..redact import Redactor
 from .jsonl import SYNC, heal_torn_tail
@@ -43,8 +46,8 @@ class FixtureStore:
     most the last ~10 milliseconds and the event loop never waits on the disk. Only
     successful (2xx) exchanges are kept: an error is not an answer.
 
-    Memory stays flat with run size: a plain .jsonl file is indexed by byte offset and a
-    record is read back only when replayed (a compressed fixture is small and held whole).
+    Memory stays flat with run size: the file is indexed by byte offset and a record is read
+    back only when replayed (a compressed fixture through a temporary plain copy).
     """
 
     def __init__(self, path: str | Path, redactor: Redactor | None = None,
@@ -52,44 +55,60 @@ class FixtureStore:
         self.path = Path(path)
         self.redactor = redactor or Redactor()
         self.writable = writable
-        # digest -> (request key, the record or its byte offset in the plain file)
-        self._index: dict[str, tuple[str, dict[str, Any] | int]] = {}
+        # digest -> (request key, the record's byte offset in the plain file)
+        self._index: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
         self._fh: Any = None
         self._reader: Any = None
         self._load()
 
     def _load(self) -> None:
+        """Index every record by its request key, streaming the file: memory holds the
+        index (a key and a byte offset per record), never the records. A compressed fixture
+        is first decompressed into an anonymous temporary file and indexed the same way (a
+        packed 100,000-row exchange log is gigabytes as values)."""
         if not self.path.exists():
             return
-        gz = self.path.suffix == ".gz"
-        try:
-            if gz:
-                with gzip.open(self.path, "rb") as fh:
-                    data = fh.read()
-            else:
-                data = self.path.read_bytes()
-        except (OSError, EOFError) as e:
-            raise FixtureError(f"Cannot read fixture file {self.path}: {e}. It may be "
-                               "truncated or not a fixture; record it again.") from e
-        lines = data.split(b"\n")
-        offset = 0
-        for n, line in enumerate(lines, 1):
-            start, offset = offset, offset + len(line) + 1
+        with self._lock:
+            self._index_lines(self._open_reader())
+
+    def _open_reader(self) -> Any:
+        """The plain file records are read back from (held open until :meth:`close`)."""
+        if self._reader is None:
+            try:
+                if self.path.suffix == ".gz":
+                    with gzip.open(self.path, "rb") as src:
+                        self._reader = tempfile.TemporaryFile()  # noqa: SIM115 - see close()
+                        shutil.copyfileobj(src, self._reader, 1 << 20)
+                else:
+                    self._reader = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+            except (OSError, EOFError, zlib.error) as e:
+                raise FixtureError(f"Cannot read fixture file {self.path}: {e}. It may be "
+                                   "truncated or not a fixture; record it again.") from e
+        self._reader.seek(0)
+        return self._reader
+
+    def _index_lines(self, fh: Any) -> None:
+        offset, n, pending = 0, 0, None
+        for line in fh:
+            n += 1
+            start, offset = offset, offset + len(line)
+            if pending is not None:   # a bad line with more after it: not a torn tail
+                raise pending
             if not line.strip():
                 continue
             try:
-                rec = expand(fastjson.loads(line))   # a packed run's log is compact
-                key = request_key(rec["method"], rec["path"], rec["body"])
+                rec = fastjson.loads(line)
+                key = request_key(rec["method"], rec["path"], _recorded_body(rec))
                 rec["status"], rec["response"]  # noqa: B018 - presence check
             except (ValueError, KeyError, TypeError) as e:
-                if n >= len(lines) - 1:  # torn tail from an interrupted write: ignore
-                    continue
-                raise FixtureError(
+                # the last line torn by an interrupted write is ignored; any other refuses
+                pending = FixtureError(
                     f"Fixture file {self.path} line {n} is not a recorded exchange ({e}). "
                     "Fixtures are JSON lines with method, path, body, status and response; "
-                    "fix or delete that line, or record the fixture again.") from e
-            self._index[key_digest(key)] = (key, rec if gz else start)
+                    "fix or delete that line, or record the fixture again.")
+                continue
+            self._index[key_digest(key)] = (key, start)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -98,16 +117,13 @@ class FixtureStore:
         hit = self._index.get(key_digest(key))
         if hit is None:
             return None
-        rec = hit[1]
-        if isinstance(rec, int):
-            with self._lock:
-                if self._fh is not None:
-                    self._fh.flush()
-                if self._reader is None:
-                    self._reader = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-                self._reader.seek(rec)
-                rec = expand(fastjson.loads(self._reader.readline()))
-        return rec
+        with self._lock:
+            if self._fh is not None:
+                self._fh.flush()
+            reader = self._open_reader()
+            reader.seek(hit[1])
+            line = reader.readline()
+        return expand(fastjson.loads(line))
 
     def keys(self) -> list[str]:
         return [k for k, _ in self._index.values()]
@@ -167,6 +183,15 @@ class FixtureStore:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+def _recorded_body(rec: dict[str, Any]) -> Any:
+    """The request body of a record as it was sent: a compact record (a packed run's log)
+    may hold its body's object lists as columns. Only the body is expanded: the key needs
+    nothing else, and expanding a 100-token answer costs fifty times more."""
+    if MARK not in rec:
+        return rec["body"]
+    return expand({MARK: rec[MARK], "body": rec["body"]})["body"]
 
 
 def _exchange_line(ex: Exchange) -> str:
