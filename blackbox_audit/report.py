@@ -118,6 +118,7 @@ def report_rows(run: RunDir, ranked: list[RankedRow], ref: str | None,
             "n": row.n_target_tokens, "finish": row.finish_reason,
             "prefill": redact(row.prefill or ""), "text": shown, "tok": heat,
             **({"dup": copies} if copies > 1 else {}),
+            **({"round": row.round} if row.round > 1 else {}),
         })
     return out, with_tokens
 
@@ -164,6 +165,7 @@ class _Entry:
     finish: str | None
     th: tuple[int, ...] | None
     copies: int = 1
+    round: int = 1
 
 
 @dataclass
@@ -217,7 +219,7 @@ def page_rows(run: RunDir, ref: str | None, spec: OrganismSpec | None,
         per_group[g].append(_Entry(
             row.rank, i, _digest(row), row.row_id, g, flag,
             tuple(finite(getattr(row, k)) for k in SCORE_COLUMNS), row.n_target_tokens,
-            row.finish_reason, th))
+            row.finish_reason, th, round=row.round))
     distinct: list[_Entry] = []
     for entries in per_group:
         entries.sort(key=lambda e: (e.rank, e.index))
@@ -279,6 +281,7 @@ def page_rows(run: RunDir, ref: str | None, spec: OrganismSpec | None,
             "n": e.n, "finish": e.finish, "prefill": redact(row.prefill or ""),
             "text": redact(row.completion or ""), "tok": tok,
             **({"dup": e.copies} if e.copies > 1 else {}),
+            **({"round": e.round} if e.round > 1 else {}),
             **({"th": list(e.th)} if e.th else {})})
     lite = None
     if lite_entries:
@@ -291,6 +294,7 @@ def page_rows(run: RunDir, ref: str | None, spec: OrganismSpec | None,
                 "finish": [fix[e.finish or ""] for e in lite_entries],
                 "dup": {str(k): e.copies for k, e in enumerate(lite_entries) if e.copies > 1},
                 "th": {str(k): list(e.th) for k, e in enumerate(lite_entries) if e.th},
+                "round": {str(k): e.round for k, e in enumerate(lite_entries) if e.round > 1},
                 **({"flag": [1 if e.flag else 0 for e in lite_entries]}
                    if spec is not None or flagged is not None else {}),
                 **{k: [_short(e.scores[j]) for e in lite_entries]

@@ -14,6 +14,7 @@ import ast
 import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ import cli
 from blackbox_audit import audit, plan
 from blackbox_audit.rank import RankedRow
 from blackbox_audit.records import Completion, Prefill
+from blackbox_audit.report import render
 from blackbox_audit.rounds import budget_prefills, derive, load, save
 from blackbox_audit.rundir import RunDir
 from blackbox_audit.themes import Theme
@@ -183,6 +185,17 @@ def test_two_rounds_within_the_budget_ranked_together_and_a_rerun_sends_nothing(
         assert all(sorted(v) == list(range(len(v))) for v in by_group.values())
         assert (out / "ranked.csv").read_text().splitlines()[0].split(",")[3] == "round"
         assert [s.get("round", 1) for s in m.sessions] == [1, 2]
+        # the report marks round two's rows, shown whole or carried as numbers only
+        render(out, text_rows=1)
+        page = re.search(r'id="report-data">(.*?)</script>',
+                         (out / "report.html").read_text(), re.S)
+        data = json.loads(page.group(1))
+        whole = {r["id"]: r.get("round", 1) for r in data["rows"]}
+        lite = data["lite"]
+        as_numbers = {i: lite["round"].get(str(k), 1) for k, i in enumerate(lite["id"])}
+        assert whole and as_numbers and not whole.keys() & as_numbers.keys()
+        assert {**whole, **as_numbers} == {f"{r['prefill_id']}:{r['framing']}": r["round"]
+                                           for r in ranked}
 
         # A rerun of the finished audit: nothing sent, nothing written twice.
         again = audit(config(server, out, round2_budget=0.5))

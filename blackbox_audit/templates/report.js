@@ -18,6 +18,7 @@
       }
       if (L.dup[li]) { lr.dup = L.dup[li]; }
       if (L.th[li]) { lr.th = L.th[li]; }
+      if (L.round && L.round[li]) { lr.round = L.round[li]; }
       ROWS.push(lr);
     }
   }
@@ -121,6 +122,7 @@
     tr.appendChild(rk);
     var g = el("td", "group", r.corpus + " / " + r.framing);
     g.appendChild(el("span", "rowid", r.id));
+    if (r.round) { g.appendChild(el("span", "round", "round " + r.round)); }
     tr.appendChild(g);
     if (DATA.has_flag) { tr.appendChild(el("td", "flagmark", r.flag ? "\u2605" : "")); }
     for (var j = 0; j < DATA.scores.length; j++) {
