@@ -617,14 +617,18 @@ def _audit(plan: Plan, run: RunDir, t_start: float) -> AuditResult:
 
 
 def two_rounds(plan: Plan, run: RunDir, session: RowScorer | None) -> None:
-    """Round one scored, round two derived, sent and scored, with one loaded reference."""
+    """Round one scored, round two derived, sent and scored, with one loaded reference.
+    The manifest's scoring block is round two's pass, with round one's under ``round_one``
+    (each pass's rows, seconds and noise-floor sample)."""
     s = plan.scoring
     reference = session.reference if session is not None \
         else scorer_for(s, tokenizer_for(s.reference))
     try:
-        score(s, run, plan.quiet, session=session, reference=reference)
+        first = score(s, run, plan.quiet, session=session, reference=reference).scoring
         generate_round_two(plan, run)
-        score(s, run, plan.quiet, reference=reference)
+        second = score(s, run, plan.quiet, reference=reference)
+        if first is not None and second.scoring is not None and "round_one" not in first:
+            run.write_manifest(second.updated(scoring={**second.scoring, "round_one": first}))
     finally:
         close = getattr(reference, "close", None)
         if close is not None:

@@ -185,6 +185,9 @@ def test_two_rounds_within_the_budget_ranked_together_and_a_rerun_sends_nothing(
         assert all(sorted(v) == list(range(len(v))) for v in by_group.values())
         assert (out / "ranked.csv").read_text().splitlines()[0].split(",")[3] == "round"
         assert [s.get("round", 1) for s in m.sessions] == [1, 2]
+        # each scoring pass in the manifest: round two's, round one's kept beside it
+        assert m.scoring["scored_now"] == 6 and m.scoring["scored_before"] == 12
+        assert m.scoring["round_one"]["scored_now"] == 12
         # the report marks round two's rows, shown whole or carried as numbers only
         render(out, text_rows=1)
         page = re.search(r'id="report-data">(.*?)</script>',
