@@ -68,8 +68,27 @@ class GenerationRequest:
 ID_PLACEHOLDER = re.compile(r"token_id:(\d+)")
 
 
+class RowIdentity:
+    """What a completions row is known by, and whether it can be ranked: shared by the whole
+    row (:class:`Completion`) and its numbers-only view (:class:`CompletionMeta`)."""
+
+    __slots__ = ()
+    prefill_id: str
+    framing: str
+    error: str | None
+    degraded: list[str]
+
+    @property
+    def row_key(self) -> str:
+        return f"{self.prefill_id}:{self.framing}"
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None and not self.degraded
+
+
 @dataclass
-class Completion:
+class Completion(RowIdentity):
     """The target's greedy continuation of one prefill in one framing, as internal data.
 
     Token columns are parallel lists, one entry per generated token of the continuation:
@@ -117,14 +136,6 @@ class Completion:
     chat_prompts: list[str] | None = None   # [system, user] the chat framing used
     upstream: str | None = None   # who served it, where a router says (OpenRouter "provider")
     round: int = 1
-
-    @property
-    def row_key(self) -> str:
-        return f"{self.prefill_id}:{self.framing}"
-
-    @property
-    def usable(self) -> bool:
-        return self.error is None and not self.degraded
 
     @property
     def ids_only(self) -> bool:
@@ -204,7 +215,7 @@ class Score:
 SCORE_KEYS = ("ppl_diff", "nll_diff", "bpb_diff")
 
 
-class CompletionMeta(msgspec.Struct, gc=False):
+class CompletionMeta(msgspec.Struct, RowIdentity, gc=False):
     """A completions row without its token columns: what ranking and counting read (a few
     hundred bytes a row, where a :class:`Completion` with 100 tokens of top-5 log-probabilities
     holds tens of kilobytes)."""
@@ -219,14 +230,6 @@ class CompletionMeta(msgspec.Struct, gc=False):
     error: str | None = None
     mode: str | None = None
     round: int = 1
-
-    @property
-    def row_key(self) -> str:
-        return f"{self.prefill_id}:{self.framing}"
-
-    @property
-    def usable(self) -> bool:
-        return self.error is None and not self.degraded
 
 
 class ScoreNumbers(msgspec.Struct, gc=False):
