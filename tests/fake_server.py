@@ -19,6 +19,8 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from loopback import ServedInThread
+
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven",
          "bright", "stars", "watch", "quietly", "from", "distant", "hills", "and", "rivers",
          "sing", "of", "ancient", "cities", "built", "by", "patient", "hands"]
@@ -50,7 +52,7 @@ def continuation(prompt: str, n: int) -> list[str]:
     return [" " + WORDS[(h >> (4 * i)) % len(WORDS)] for i in range(n)]
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(ServedInThread):
     def __init__(self, *, model: str = "fake-model", logprobs: bool = True,
                  shape: str = "legacy", delay: float = 0.0, api_key: str | None = None,
                  n_tokens: int = 12, echo_auth: bool = False,
@@ -65,22 +67,7 @@ class FakeOpenAIServer:
         self.counts: Counter[str] = Counter()
         self.auth_headers: list[str | None] = []
         self._lock = threading.Lock()
-        self.httpd = _Server(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> FakeOpenAIServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._serve(_Server(("127.0.0.1", 0), self._handler()))
 
     def fault_for(self, body: dict) -> str | None:
         """The fault this attempt gets (None: a normal answer), counting the attempt."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from loopback import ServedInThread
+
 
 @dataclass
 class Seen:
@@ -36,7 +38,7 @@ def json_answer(payload: Any, status: int = 200, headers: dict[str, str] | None 
 
 
 @dataclass
-class StubServer:
+class StubServer(ServedInThread):
     answer: Callable[[Seen], Answer]
     seen: list[Seen] = field(default_factory=list)
 
@@ -79,26 +81,7 @@ class StubServer:
             do_GET = do_POST = _serve  # noqa: N815
 
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self.httpd.server_address[1]
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> StubServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._serve(ThreadingHTTPServer(("127.0.0.1", 0), Handler))
 
     def generations(self) -> list[Seen]:
         """The requests for completions (the preflight's 2-token probe excluded)."""
