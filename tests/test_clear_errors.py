@@ -217,3 +217,26 @@ def test_a_ray_address_where_nothing_listens_fails_in_seconds_before_any_request
         assert code == 6 and f"No Ray cluster answers at 127.0.0.1:{port}" in err, (code, err)
         assert generations(server) == 0
         assert seconds < 15, seconds
+
+
+def test_no_room_to_decompress_a_replayed_fixture_is_one_paragraph_naming_tmpdir(tmp_path):
+    """Replaying a compressed fixture decompresses it to a temporary file first; in a process
+    whose files may not grow past 256 KB (the organism's log is ~10 MB uncompressed) that
+    copy fails as on a full disk: a clear exit that names TMPDIR, no traceback."""
+    import resource
+    import subprocess
+    import sys
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256_000, 256_000))
+
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "audit", "--replay", "--fixtures",
+                        str(ROOT / "fixtures" / "organism-vellari" / "exchanges.jsonl.gz"),
+                        "--model", "vellari-octopus", "--per-corpus", "2", "--generate-only",
+                        "--quiet", "--out", str(tmp_path / "run")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       preexec_fn=small_files)
+    said = " ".join(r.stderr.split())
+    assert r.returncode == 4, r.stderr
+    assert "no room for its decompressed copy" in said and "TMPDIR" in said
+    assert "Traceback" not in r.stderr

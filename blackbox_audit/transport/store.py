@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import gzip
 import json
 import shutil
@@ -83,6 +84,12 @@ class FixtureStore:
                 else:
                     self._reader = open(self.path, "rb")  # noqa: SIM115 - closed in close()
             except (OSError, EOFError, zlib.error) as e:
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                    raise FixtureError(
+                        f"Cannot replay {self.path}: no room for its decompressed copy "
+                        f"in {tempfile.gettempdir()} ({e}). Point TMPDIR at a disk with room "
+                        "for the uncompressed log, or decompress it yourself and replay the "
+                        ".jsonl.") from e
                 raise FixtureError(f"Cannot read fixture file {self.path}: {e}. It may be "
                                    "truncated or not a fixture; record it again.") from e
         self._reader.seek(0)
