@@ -222,10 +222,12 @@ def test_a_ray_address_where_nothing_listens_fails_in_seconds_before_any_request
 def test_no_room_to_decompress_a_replayed_fixture_is_one_paragraph_naming_tmpdir(tmp_path):
     """Replaying a compressed fixture decompresses it to a temporary file first; in a process
     whose files may not grow past 256 KB (the organism's log is ~10 MB uncompressed) that
-    copy fails as on a full disk: a clear exit that names TMPDIR, no traceback."""
+    copy fails as on a full disk: the storage exit (7) naming the temporary directory and
+    TMPDIR, no traceback."""
     import resource
     import subprocess
     import sys
+    import tempfile
 
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (256_000, 256_000))
@@ -237,6 +239,7 @@ def test_no_room_to_decompress_a_replayed_fixture_is_one_paragraph_naming_tmpdir
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        preexec_fn=small_files)
     said = " ".join(r.stderr.split())
-    assert r.returncode == 4, r.stderr
-    assert "no room for its decompressed copy" in said and "TMPDIR" in said
+    assert r.returncode == 7, r.stderr
+    assert f"cannot write {tempfile.gettempdir()}" in said
+    assert "room for its decompressed copy" in said and "TMPDIR" in said
     assert "Traceback" not in r.stderr

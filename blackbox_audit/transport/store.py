@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import difflib
-import errno
 import gzip
 import json
-import shutil
 import tempfile
 import threading
 import zlib
@@ -76,24 +74,51 @@ class FixtureStore:
     def _open_reader(self) -> Any:
         """The plain file records are read back from (held open until :meth:`close`)."""
         if self._reader is None:
-            try:
-                if self.path.suffix == ".gz":
-                    with gzip.open(self.path, "rb") as src:
-                        self._reader = tempfile.TemporaryFile()  # noqa: SIM115 - see close()
-                        shutil.copyfileobj(src, self._reader, 1 << 20)
-                else:
+            if self.path.suffix == ".gz":
+                self._reader = self._decompressed_copy()
+            else:
+                try:
                     self._reader = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-            except (OSError, EOFError, zlib.error) as e:
-                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                    raise FixtureError(
-                        f"Cannot replay {self.path}: no room for its decompressed copy "
-                        f"in {tempfile.gettempdir()} ({e}). Point TMPDIR at a disk with room "
-                        "for the uncompressed log, or decompress it yourself and replay the "
-                        ".jsonl.") from e
-                raise FixtureError(f"Cannot read fixture file {self.path}: {e}. It may be "
-                                   "truncated or not a fixture; record it again.") from e
+                except OSError as e:
+                    raise self._unreadable(e) from e
         self._reader.seek(0)
         return self._reader
+
+    def _decompressed_copy(self) -> Any:
+        """The compressed fixture, decompressed into an anonymous temporary file. A fixture
+        that cannot be read is a :class:`FixtureError`; a temporary disk that cannot take the
+        copy is an OSError naming that directory: the CLI's storage error (exit 7), as for any
+        other full disk."""
+        try:
+            src = open(self.path, "rb")  # noqa: SIM115 - closed by the with below
+        except OSError as e:
+            raise self._unreadable(e) from e
+
+        def chunk() -> bytes:
+            try:
+                return gz.read(1 << 20)
+            except (OSError, EOFError, zlib.error) as e:
+                raise self._unreadable(e) from e
+
+        copy = tempfile.TemporaryFile()  # noqa: SIM115 - the store's reader, or closed here
+        try:
+            with src, gzip.GzipFile(fileobj=src, mode="rb") as gz:
+                try:
+                    for data in iter(chunk, b""):
+                        copy.write(data)
+                    copy.flush()
+                except OSError as e:
+                    raise OSError(e.errno, f"{e.strerror}; replaying {self.path.name} needs "
+                                  "room for its decompressed copy there: point TMPDIR at a "
+                                  "disk with room", tempfile.gettempdir()) from e
+        except BaseException:
+            copy.close()
+            raise
+        return copy
+
+    def _unreadable(self, e: BaseException) -> FixtureError:
+        return FixtureError(f"Cannot read fixture file {self.path}: {e}. It may be truncated "
+                            "or not a fixture; record it again.")
 
     def _index_lines(self, fh: Any) -> None:
         offset, n, pending = 0, 0, None
