@@ -77,7 +77,7 @@ def _narrowed(obj: dict[str, Any]) -> dict[str, Any]:
     return obj if "f32" in obj or "derived" in obj else narrow(obj)
 
 
-def _packed_line(line: bytes, form: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
+def packed_line(line: bytes, form: Callable[[dict[str, Any]], dict[str, Any]]) -> bytes:
     """One line of a log in its packed ``form`` (``_narrowed``, or ``compact.compact`` for
     the exchange log, which the fixture store expands); ``form`` returns the object itself
     when it has nothing to change, and the line is then kept as it was."""
@@ -91,7 +91,7 @@ def _packed_line(line: bytes, form: Callable[[dict[str, Any]], dict[str, Any]]) 
     return line if small is obj else fastjson.dumps(small).encode() + b"\n"
 
 
-def _gzip_atomic(path: Path, chunks: Iterable[bytes], level: int) -> int:
+def gzip_atomic(path: Path, chunks: Iterable[bytes], level: int) -> int:
     """``chunks`` gzip-compressed into ``path`` (written beside it, fsync'd, then moved into
     place: whole or absent); the new size."""
     tmp = path.with_name(path.name + ".tmp")
@@ -531,15 +531,15 @@ class RunDir:
         for path, form in logs:
             if path.exists():
                 packed = packed_path(path)
-                out[packed.name] = _gzip_atomic(
-                    packed, (_packed_line(line, form) for line in self._whole_lines(path)),
+                out[packed.name] = gzip_atomic(
+                    packed, (packed_line(line, form) for line in self._whole_lines(path)),
                     level)
                 path.unlink()
         for path in (self.path / "ranked.jsonl", self.path / "ranked.csv"):
             if path.exists():    # whole files, rewritten by each ranking: gzip as they are
                 with open(path, "rb") as src:
                     packed = packed_path(path)
-                    out[packed.name] = _gzip_atomic(packed, iter(lambda: src.read(1 << 20), b""),
+                    out[packed.name] = gzip_atomic(packed, iter(lambda: src.read(1 << 20), b""),
                                                     level)
                 path.unlink()
         return out

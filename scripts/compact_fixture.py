@@ -15,35 +15,31 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from blackbox_audit import fastjson  # noqa: E402
 from blackbox_audit.compact import compact, expand  # noqa: E402
+from blackbox_audit.rundir import gzip_atomic, packed_line  # noqa: E402
 
 
 def compact_file(path: Path) -> tuple[int, int]:
-    """Rewrite ``path`` in place (atomically); its size before and after."""
-    tmp = path.with_name(path.name + ".tmp")
-    with gzip.open(path, "rt", encoding="utf-8") as src, open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as out:
+    """Rewrite ``path`` in place, as ``pack`` writes an exchange log (atomically, gzip -9);
+    its size before and after."""
+    def checked_lines():
+        with gzip.open(path, "rb") as src:
             for n, line in enumerate(src, 1):
-                record = json.loads(line)
-                small = compact(record)
-                if expand(small) != expand(record):   # a record packed before stays packed
+                small = packed_line(line, compact)
+                if expand(fastjson.loads(small)) != expand(fastjson.loads(line)):
                     raise SystemExit(f"{path}:{n}: the compact form does not expand back to "
                                      "the record; nothing was replaced")
-                out.write(json.dumps(small, ensure_ascii=False,
-                                     separators=(",", ":")).encode() + b"\n")
-        raw.flush()
-        os.fsync(raw.fileno())
+                yield small
+
     before = path.stat().st_size
-    os.replace(tmp, path)
-    return before, path.stat().st_size
+    return before, gzip_atomic(path, checked_lines(), 9)
 
 
 def main() -> None:
