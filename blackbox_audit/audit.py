@@ -627,8 +627,8 @@ def two_rounds(plan: Plan, run: RunDir, session: RowScorer | None) -> None:
         first = score(s, run, plan.quiet, session=session, reference=reference).scoring
         generate_round_two(plan, run)
         second = score(s, run, plan.quiet, reference=reference)
-        if first is not None and second.scoring is not None and "round_one" not in first:
-            run.write_manifest(second.updated(scoring={**second.scoring, "round_one": first}))
+        run.write_manifest(second.updated(scoring={**(second.scoring or {}),
+                                                   "round_one": first}))
     finally:
         close = getattr(reference, "close", None)
         if close is not None:
